@@ -1,0 +1,1 @@
+"""Building the anchored world state from footage: readers, depth, fusion, storage."""
