@@ -1,0 +1,70 @@
+"""A contact sheet: evenly spaced stills from a walkthrough video, each labelled with its world time
+and head pose (from the headless viewer's stats), as one PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def _frame_label(index: int, record: dict | None, fps: float) -> str:
+    if not record:
+        return f"#{index}  t={index / fps:.2f}s"
+    parts = [f"#{index}"]
+    if "tau" in record:
+        parts.append(f"tau={record['tau']:.2f}s")
+    if "position" in record:
+        x, y, z = record["position"]
+        parts.append(f"pos=({x:+.2f},{y:+.2f},{z:+.2f})")
+    if "yaw_deg" in record:
+        parts.append(f"yaw={record['yaw_deg']:+.0f}")
+    if record.get("label"):
+        parts.append(str(record["label"]))
+    return "  ".join(parts)
+
+
+def pick_indices(count: int, stills: int) -> list[int]:
+    """``stills`` frame indices spread evenly over ``count`` frames, first and last included."""
+    if count <= 0:
+        return []
+    stills = min(stills, count)
+    return sorted({int(round(i)) for i in np.linspace(0, count - 1, stills)})
+
+
+def write_contact_sheet(video: Path, stats: Path | None, out: Path, stills: int = 8, columns: int = 2,
+                        thumb_width: int = 640) -> Path:
+    """Write ``out`` (PNG, atomically) from ``video``; per-frame records come from ``stats['frames']``."""
+    import av
+
+    records: list[dict] = []
+    if stats is not None and Path(stats).is_file():
+        records = json.loads(Path(stats).read_text()).get("frames", [])
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or 24)
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    if not frames:
+        raise ValueError(f"{video}: no frames to put on a contact sheet")
+    picks = pick_indices(len(frames), stills)
+    h, w = frames[0].shape[:2]
+    th = int(round(h * thumb_width / w))
+    label_h = 22
+    rows = (len(picks) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * thumb_width, rows * (th + label_h)), (16, 16, 16))
+    draw = ImageDraw.Draw(sheet)
+    for n, idx in enumerate(picks):
+        r, c = divmod(n, columns)
+        x0, y0 = c * thumb_width, r * (th + label_h)
+        sheet.paste(Image.fromarray(frames[idx]).resize((thumb_width, th), Image.BILINEAR), (x0, y0 + label_h))
+        record = records[idx] if idx < len(records) else None
+        draw.text((x0 + 6, y0 + 5), _frame_label(idx, record, fps), fill=(235, 235, 235))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
+    sheet.save(tmp)
+    os.replace(tmp, out)
+    return out
