@@ -1,0 +1,42 @@
+"""Push-pull hole filling (Gortler et al. 1996): holes take the weighted average of the valid pixels around
+them, from the finest pyramid level that has any.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _push(values: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One level down: 2x2 weighted mean; odd sizes are padded with zero weight."""
+    h, w = values.shape[-2:]
+    pad = (0, w % 2, 0, h % 2)
+    if pad[1] or pad[3]:
+        values, weight = F.pad(values, pad), F.pad(weight, pad)
+    wsum = F.avg_pool2d(weight, 2) * 4.0
+    vsum = F.avg_pool2d(values * weight, 2) * 4.0
+    coarse = vsum / wsum.clamp(min=1e-12)
+    return coarse, wsum.clamp(max=1.0)
+
+
+def push_pull(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Fill pixels where ``valid`` is False. values (B, C, H, W) float, valid (B, H, W) bool -> (B, C, H, W).
+
+    Valid pixels are returned unchanged; a view with no valid pixel at all stays as it is.
+    """
+    if values.ndim != 4 or valid.shape != (values.shape[0],) + values.shape[2:]:
+        raise ValueError(f"push_pull: expected values (B,C,H,W) and valid (B,H,W), got {tuple(values.shape)} {tuple(valid.shape)}")
+    if bool(valid.all()):
+        return values
+    weight = valid[:, None].to(values.dtype)
+    levels = [(values, weight)]
+    while min(levels[-1][0].shape[-2:]) > 1 and bool((levels[-1][1] < 1).any()):
+        levels.append(_push(*levels[-1]))
+    filled = levels[-1][0]
+    for vals, w in reversed(levels[:-1]):
+        up = F.interpolate(filled, scale_factor=2.0, mode="bilinear", align_corners=False)[..., : vals.shape[-2], : vals.shape[-1]]
+        if up.shape[-2:] != vals.shape[-2:]:  # 1-pixel-wide coarse level: nearest pad
+            up = F.interpolate(filled, size=vals.shape[-2:], mode="nearest")
+        filled = w * vals + (1.0 - w) * up
+    return torch.where(valid[:, None], values, filled)

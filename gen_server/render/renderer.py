@@ -1,0 +1,146 @@
+"""The stereo renderer's public API: a world state, a batch of cameras and a world time -> images.
+
+Static layer + the dynamic layer at world time tau are z-buffer splatted (``splat``); a fractional tau
+renders both neighbouring dynamic frames over the same static layer and cross-fades them so slow motion
+is smooth; pixels no splat reached are filled by push-pull (``holes``) and reported in ``valid``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from gen_server import cameras
+from gen_server.render.holes import push_pull
+from gen_server.render.splat import EMPTY_KEY, PackedPoints, SplatConfig, pack_points, resolve, splat_into
+from gen_server.world.state import WorldState
+
+
+@dataclass
+class RenderOutput:
+    """Per-view images on the renderer's device.
+
+    Convention: ``color`` (B, H, W, 3) uint8; ``depth`` (B, H, W) float32 z-depth metres (OpenCV camera
+    z, hole-filled); ``valid`` (B, H, W) bool, True where a real splat landed, False where filled.
+    """
+
+    color: torch.Tensor
+    depth: torch.Tensor
+    valid: torch.Tensor
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    splat: SplatConfig = field(default_factory=SplatConfig)
+    fill_holes: bool = True
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _as_batch(name: str, value, tail: tuple[int, int]) -> np.ndarray:
+    """numpy/torch (B, *tail) or (*tail) -> float64 numpy (B, *tail)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value, np.float64)
+    if array.shape == tail:
+        array = array[None]
+    if array.ndim != 3 or array.shape[1:] != tail:
+        raise ValueError(f"{name}: expected shape (B, {tail[0]}, {tail[1]}), got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name}: contains NaN or inf")
+    return array
+
+
+class Renderer:
+    """Renders a :class:`WorldState` for batches of cameras.
+
+    All per-world tensors (16 bytes per point) are uploaded once in the constructor; ``render`` only
+    projects, splats, resolves and fills.
+    """
+
+    def __init__(self, world: WorldState, device: str | torch.device | None = None, config: RenderConfig | None = None):
+        self.world = world
+        self.device = torch.device(device) if device is not None else default_device()
+        self.config = config or RenderConfig()
+        layers = [world.static, world.dynamic]
+        self.points: PackedPoints = pack_points(
+            np.concatenate([l.positions for l in layers]),
+            np.concatenate([l.colors for l in layers]),
+            np.concatenate([l.radii for l in layers]),
+            self.device,
+        )
+        self._static_count = len(world.static)
+        self._dynamic_offsets = world.dynamic_offsets.astype(np.int64) + self._static_count
+
+    # ------------------------------------------------------------------------------------------------
+    def _dynamic_slice(self, frame: int) -> slice:
+        return slice(int(self._dynamic_offsets[frame]), int(self._dynamic_offsets[frame + 1]))
+
+    def _zbuffer(self, layer_slices: list[slice], cv_from_world: torch.Tensor, k: torch.Tensor, width: int, height: int, base: torch.Tensor | None = None) -> torch.Tensor:
+        zbuf = base.clone() if base is not None else torch.full((cv_from_world.shape[0] * height * width,), EMPTY_KEY, dtype=torch.int64, device=self.device)
+        for sl in layer_slices:
+            splat_into(zbuf, self.points, sl, cv_from_world, k, width, height, self.config.splat)
+        return zbuf
+
+    def render(self, world_from_camera, intrinsics, width: int, height: int, tau: float) -> RenderOutput:
+        """Render B views at world time ``tau`` seconds.
+
+        Convention: ``world_from_camera`` (B, 4, 4) OpenXR poses; ``intrinsics`` (B, 3, 3) OpenCV for a
+        ``width`` x ``height`` image (numpy or torch; a single (4, 4)/(3, 3) is treated as B = 1).
+        """
+        poses = _as_batch("world_from_camera", world_from_camera, (4, 4))
+        ks = _as_batch("intrinsics", intrinsics, (3, 3))
+        if len(poses) != len(ks):
+            raise ValueError(f"render: {len(poses)} poses but {len(ks)} intrinsics")
+        if int(width) < 1 or int(height) < 1:
+            raise ValueError(f"render: bad image size {width}x{height}")
+        if not math.isfinite(float(tau)):
+            raise ValueError(f"render: tau must be finite, got {tau}")
+        width, height, batch = int(width), int(height), len(poses)
+        cv_from_world = torch.from_numpy(cameras.cv_camera_from_world(poses)).to(self.device, torch.float32)
+        k = torch.from_numpy(ks).to(self.device, torch.float32)
+
+        a, b, w = self.world.frame_at(float(tau))
+        static = slice(0, self._static_count)
+        if b != a and w > 0.0:
+            zstatic = self._zbuffer([static], cv_from_world, k, width, height)
+            color_a, depth_a, valid_a = resolve(self._zbuffer([self._dynamic_slice(a)], cv_from_world, k, width, height, zstatic), self.points)
+            color_b, depth_b, valid_b = resolve(self._zbuffer([self._dynamic_slice(b)], cv_from_world, k, width, height, zstatic), self.points)
+            color, depth, valid = _cross_fade(color_a, depth_a, valid_a, color_b, depth_b, valid_b, w)
+        else:
+            color, depth, valid = resolve(self._zbuffer([static, self._dynamic_slice(a)], cv_from_world, k, width, height), self.points)
+            color = color.to(torch.float32)
+
+        color = color.view(batch, height, width, 3)
+        depth = depth.view(batch, height, width)
+        valid = valid.view(batch, height, width)
+        if self.config.fill_holes:
+            stacked = torch.cat([color.permute(0, 3, 1, 2), depth[:, None]], 1)
+            stacked = push_pull(stacked, valid)
+            color, depth = stacked[:, :3].permute(0, 2, 3, 1), stacked[:, 3]
+        color_u8 = (color + 0.5).clamp(0, 255).to(torch.uint8)
+        return RenderOutput(color_u8.contiguous(), depth.contiguous(), valid)
+
+    def render_fov(self, world_from_eye, fovs: list[cameras.Fov], width: int, height: int, tau: float) -> RenderOutput:
+        """Render OpenXR views: world_from_eye (B, 4, 4) OpenXR poses and one :class:`cameras.Fov` per view."""
+        poses = _as_batch("world_from_eye", world_from_eye, (4, 4))
+        if len(fovs) != len(poses):
+            raise ValueError(f"render_fov: {len(poses)} poses but {len(fovs)} fovs")
+        ks = np.stack([cameras.fov_to_intrinsics(f, int(width), int(height)) for f in fovs])
+        return self.render(poses, ks, width, height, tau)
+
+
+def _cross_fade(color_a, depth_a, valid_a, color_b, depth_b, valid_b, w: float):
+    """Blend two resolved frames with weight ``w`` on b; a pixel valid in only one takes that one."""
+    wa = valid_a.to(torch.float32) * (1.0 - w)
+    wb = valid_b.to(torch.float32) * w
+    total = (wa + wb).clamp(min=1e-12)
+    wa, wb = wa / total, wb / total
+    color = color_a.to(torch.float32) * wa[..., None] + color_b.to(torch.float32) * wb[..., None]
+    depth = depth_a * wa + depth_b * wb
+    return color, depth, valid_a | valid_b

@@ -1,0 +1,173 @@
+"""Fast z-buffered point splatting in torch: the renderer's inner kernels.
+
+GPU layout (16 bytes per point): ``positions`` float32 (N, 3) world metres + ``attrs`` int32 (N,) holding
+sRGB colour in the low 24 bits and an 8-bit log-quantised world radius in the high byte.
+
+The z-buffer is one int64 per pixel: ``(float32 depth bits << 32) | point id``. Positive float32 bit
+patterns sort like the floats, so a single ``scatter_reduce(amin)`` performs the depth test and breaks
+ties by the lower point id, deterministically on CPU and CUDA; colour is resolved afterwards by gathering
+the winner's attributes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+EMPTY_KEY = torch.iinfo(torch.int64).max
+_ID_MASK = 0xFFFFFFFF
+_RADIUS_LEVELS = 255
+
+
+@dataclass(frozen=True)
+class SplatConfig:
+    """Footprint rules. ``radius_scale`` > 1 slightly overlaps neighbouring splats so float rounding at
+    abutting edges cannot open cracks; ``max_half_px`` clamps the footprint of points very near the eye."""
+
+    radius_scale: float = 1.1
+    max_half_px: float = 8.0
+    near: float = 1e-3
+
+
+@dataclass
+class PackedPoints:
+    """Points in the 16-bytes-per-point device layout (see module docstring)."""
+
+    positions: torch.Tensor  # (N, 3) float32
+    attrs: torch.Tensor  # (N,) int32: rgb8 | radius code << 24
+    radius_log2_min: float
+    radius_log2_step: float
+
+    def __len__(self) -> int:
+        return int(self.positions.shape[0])
+
+    def bytes_per_point(self) -> float:
+        n = max(len(self), 1)
+        return (self.positions.numel() * self.positions.element_size() + self.attrs.numel() * self.attrs.element_size()) / n
+
+    def radii(self, sl: slice = slice(None)) -> torch.Tensor:
+        """Decoded world radii (float32) of ``attrs[sl]``."""
+        code = ((self.attrs[sl] >> 24) & 0xFF).to(torch.float32)
+        return torch.exp2(self.radius_log2_min + code * self.radius_log2_step)
+
+    def colors(self, ids: torch.Tensor) -> torch.Tensor:
+        """(…,) point ids -> (…, 3) uint8 colours."""
+        a = self.attrs[ids]
+        return torch.stack([a & 0xFF, (a >> 8) & 0xFF, (a >> 16) & 0xFF], -1).to(torch.uint8)
+
+
+def quantise_radii(radii: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """World radii (N,) -> (8-bit codes, log2 min, log2 step); relative error <= step/2 in log2."""
+    r = np.maximum(np.nan_to_num(np.asarray(radii, np.float64), nan=1e-6), 1e-6)
+    if len(r) == 0:
+        return np.zeros(0, np.int64), 0.0, 0.0
+    lo, hi = float(np.log2(r.min())), float(np.log2(r.max()))
+    step = (hi - lo) / _RADIUS_LEVELS if hi > lo else 0.0
+    codes = np.zeros(len(r), np.int64) if step == 0 else np.rint((np.log2(r) - lo) / step).astype(np.int64)
+    return np.clip(codes, 0, _RADIUS_LEVELS), lo, step
+
+
+def pack_points(positions: np.ndarray, colors: np.ndarray, radii: np.ndarray, device: torch.device) -> PackedPoints:
+    """Numpy layer arrays -> :class:`PackedPoints` on ``device``.
+
+    Convention: positions (N, 3) OpenXR world metres, colors (N, 3) uint8, radii (N,) metres.
+    """
+    positions = np.asarray(positions, np.float32)
+    colors = np.asarray(colors, np.uint8)
+    if positions.ndim != 2 or positions.shape[1] != 3 or colors.shape != positions.shape or len(radii) != len(positions):
+        raise ValueError(f"pack_points: expected (N,3) positions/colors and (N,) radii, got {positions.shape} {colors.shape} {np.shape(radii)}")
+    codes, lo, step = quantise_radii(radii)
+    c = colors.astype(np.int64)
+    attrs = (c[:, 0] | (c[:, 1] << 8) | (c[:, 2] << 16) | (codes << 24)).astype(np.uint32).view(np.int32)
+    return PackedPoints(
+        torch.from_numpy(np.ascontiguousarray(positions)).to(device),
+        torch.from_numpy(np.ascontiguousarray(attrs)).to(device),
+        lo,
+        step,
+    )
+
+
+def project(positions: torch.Tensor, cv_from_world: torch.Tensor, intrinsics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """World points (N, 3) -> pixel u, v and z-depth, each (B, N).
+
+    Convention: ``cv_from_world`` (B, 4, 4) OpenCV extrinsics (from ``cameras.cv_camera_from_world``),
+    ``intrinsics`` (B, 3, 3) OpenCV, pixel centres at integers.
+    """
+    rot, trans = cv_from_world[:, :3, :3], cv_from_world[:, :3, 3]
+    cam = torch.matmul(positions.unsqueeze(0), rot.transpose(1, 2)) + trans[:, None, :]
+    x, y, z = cam.unbind(-1)
+    inv_z = 1.0 / z
+    k = intrinsics
+    u = k[:, 0, 0, None] * x * inv_z + k[:, 0, 2, None]
+    v = k[:, 1, 1, None] * y * inv_z + k[:, 1, 2, None]
+    return u, v, z
+
+
+def splat_into(
+    zbuf: torch.Tensor,
+    points: PackedPoints,
+    sl: slice,
+    cv_from_world: torch.Tensor,
+    intrinsics: torch.Tensor,
+    width: int,
+    height: int,
+    config: SplatConfig,
+) -> None:
+    """Depth-test points ``sl`` of ``points`` into ``zbuf`` (B*H*W,) int64 in place.
+
+    Convention: each point is a camera-facing square of half-size ``radius * f / z`` pixels (clamped to
+    [0.5, max_half_px]); it covers the pixel centres inside it, at the point's centre depth.
+    """
+    start = 0 if sl.start is None else sl.start
+    positions = points.positions[sl]
+    if positions.shape[0] == 0:
+        return
+    u, v, z = project(positions, cv_from_world, intrinsics)
+    radius = points.radii(sl)[None, :] * config.radius_scale / z
+    rx = (radius * intrinsics[:, 0, 0, None]).clamp(0.5, config.max_half_px)
+    ry = (radius * intrinsics[:, 1, 1, None]).clamp(0.5, config.max_half_px)
+    x0 = torch.ceil(u - rx).clamp(min=0)
+    x1 = torch.floor(u + rx).clamp(max=width - 1)
+    y0 = torch.ceil(v - ry).clamp(min=0)
+    y1 = torch.floor(v + ry).clamp(max=height - 1)
+    keep = (z > config.near) & (x0 <= x1) & (y0 <= y1)
+    b_idx, p_idx = keep.nonzero(as_tuple=True)
+    if b_idx.numel() == 0:
+        return
+    x0, y0 = x0[b_idx, p_idx].long(), y0[b_idx, p_idx].long()
+    nx = x1[b_idx, p_idx].long() - x0 + 1
+    ny = y1[b_idx, p_idx].long() - y0 + 1
+    zbits = z[b_idx, p_idx].contiguous().view(torch.int32).long()
+    key = (zbits << 32) | (p_idx + start)
+    base = b_idx * (height * width) + y0 * width + x0
+    counts = nx * ny
+    single = counts == 1
+    # Most points cover one pixel: scatter those directly, expand only the larger footprints.
+    zbuf.scatter_reduce_(0, base[single], key[single], reduce="amin")
+    multi = ~single
+    if bool(multi.any()):
+        base, key, nx, counts = base[multi], key[multi], nx[multi], counts[multi]
+        src = torch.repeat_interleave(torch.arange(len(counts), device=zbuf.device), counts)
+        first = torch.cumsum(counts, 0) - counts
+        k = torch.arange(src.numel(), device=zbuf.device) - first[src]
+        n = nx[src]
+        pix = base[src] + (k // n) * width + (k % n)
+        zbuf.scatter_reduce_(0, pix, key[src], reduce="amin")
+
+
+def resolve(zbuf: torch.Tensor, points: PackedPoints) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """z-buffer (...,) int64 -> (colour (..., 3) uint8, depth (...,) float32 metres, valid (...,) bool).
+
+    Convention: empty pixels get colour 0, depth 0, valid False.
+    """
+    valid = zbuf != EMPTY_KEY
+    ids = torch.where(valid, zbuf & _ID_MASK, torch.zeros_like(zbuf))
+    depth = (zbuf >> 32).to(torch.int32).view(torch.float32)
+    depth = torch.where(valid, depth, torch.zeros_like(depth))
+    if len(points) == 0:
+        color = torch.zeros(zbuf.shape + (3,), dtype=torch.uint8, device=zbuf.device)
+    else:
+        color = points.colors(ids) * valid[..., None].to(torch.uint8)
+    return color, depth, valid
