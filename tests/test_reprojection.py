@@ -154,3 +154,19 @@ def test_no_black_holes_after_a_big_step(gl):
     out = render(gl, rgb, depth, step, MOVED_FOV, MOVED_SIZE)
     black = (out.astype(int).sum(-1) == 0).sum()
     assert black == 0, f"{black} black pixels"
+
+
+def test_half_resolution_depth_lands_markers_too(gl):
+    # The server sends depth at a fraction of the colour size; a plane stays a plane at any resolution.
+    rgb, _ = scene(with_box=False)
+    k = cameras.fov_to_intrinsics(SRC_FOV, SRC_W // 2, SRC_H // 2)
+    u, v = cameras.pixel_grid(SRC_W // 2, SRC_H // 2)
+    rays = np.stack([(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], np.ones_like(u)], -1)
+    half_depth = (3.0 / (rays @ np.array([0.15, -0.3, 1.0]))).astype(np.float32)
+    _, full_depth = scene(with_box=False)
+    out = render(gl, rgb, half_depth, MOVED_POSE, MOVED_FOV, MOVED_SIZE)
+    found = marker_centroids(out)
+    for colour, (x, y) in MARKERS.items():
+        want, _ = ref.reproject_pixels([[x, y]], [full_depth[y, x]], SRC_POSE, SRC_FOV, (SRC_W, SRC_H),
+                                       MOVED_POSE, MOVED_FOV, MOVED_SIZE)
+        assert np.hypot(*(np.array(found[colour]) - want[0])) < 0.75, colour

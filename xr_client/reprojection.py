@@ -27,17 +27,17 @@ from gen_server.cameras import Fov
 
 _MESH_VS = """
 #version 330 core
-layout(location = 0) in vec2 a_pix;   // source pixel centre (OpenCV: x right, y down)
-uniform sampler2D u_depth;            // z-depth, metres
-uniform vec2 u_size;                  // source width, height
-uniform vec4 u_k;                     // fx, fy, cx, cy of the source
+layout(location = 0) in vec2 a_pix;   // source *depth* pixel centre (OpenCV: x right, y down)
+uniform sampler2D u_depth;            // z-depth, metres (may be smaller than the colour image)
+uniform vec2 u_dsize;                 // depth width, height
+uniform vec4 u_kd;                    // fx, fy, cx, cy of the depth image
 uniform mat4 u_clip_from_cv;          // dst clip <- source OpenCV camera coordinates
 uniform float u_far_fill;             // depth used where the frame has none (<= 0, NaN, inf)
 out vec3 v_cv;
 void main() {
-    float d = textureLod(u_depth, (a_pix + 0.5) / u_size, 0.0).r;
+    float d = textureLod(u_depth, (a_pix + 0.5) / u_dsize, 0.0).r;
     if (!(d > 0.0) || isinf(d)) d = u_far_fill;
-    v_cv = vec3((a_pix.x - u_k.z) / u_k.x * d, (a_pix.y - u_k.w) / u_k.y * d, d);
+    v_cv = vec3((a_pix.x - u_kd.z) / u_kd.x * d, (a_pix.y - u_kd.w) / u_kd.y * d, d);
     gl_Position = u_clip_from_cv * vec4(v_cv, 1.0);
 }
 """
@@ -46,8 +46,8 @@ _MESH_FS = """
 #version 330 core
 in vec3 v_cv;
 uniform sampler2D u_color;
-uniform vec2 u_size;
-uniform vec4 u_k;
+uniform vec2 u_size;                  // colour width, height
+uniform vec4 u_k;                     // fx, fy, cx, cy of the colour image
 out vec4 frag;
 void main() {
     vec2 pix = vec2(u_k.x * v_cv.x / v_cv.z + u_k.z, u_k.y * v_cv.y / v_cv.z + u_k.w);
@@ -89,7 +89,8 @@ void main() {
 class EyeImage:
     """One eye of a received frame: what reprojection needs.
 
-    rgb (H, W, 3) uint8 top row first; depth (H, W) float32 z-depth metres or None; ``world_from_eye``
+    rgb (H, W, 3) uint8 top row first; depth (Hd, Wd) float32 z-depth metres (0 = no surface) or None,
+    any size covering the same FOV (the server sends it smaller than colour); ``world_from_eye``
     (4, 4) the OpenXR pose it was rendered with (stage space); ``fov`` the FOV it was rendered with.
     """
 
@@ -101,8 +102,8 @@ class EyeImage:
     def __post_init__(self):
         if self.rgb.ndim != 3 or self.rgb.shape[2] != 3 or self.rgb.dtype != np.uint8:
             raise ValueError(f"EyeImage.rgb: expected (H, W, 3) uint8, got {self.rgb.shape} {self.rgb.dtype}")
-        if self.depth is not None and self.depth.shape != self.rgb.shape[:2]:
-            raise ValueError(f"EyeImage.depth: expected {self.rgb.shape[:2]}, got {self.depth.shape}")
+        if self.depth is not None and self.depth.ndim != 2:
+            raise ValueError(f"EyeImage.depth: expected (Hd, Wd), got {self.depth.shape}")
         if np.shape(self.world_from_eye) != (4, 4):
             raise ValueError(f"EyeImage.world_from_eye: expected (4, 4), got {np.shape(self.world_from_eye)}")
 
@@ -170,7 +171,7 @@ class Reprojector:
         self._mesh = _compile(_MESH_VS, _MESH_FS)
         self._ray = _compile(_RAY_VS, _RAY_FS)
         self._empty_vao = GL.glGenVertexArrays(1)
-        self._grids: dict[tuple[int, int], tuple[int, int, int, int]] = {}  # size -> vao, vbo, ebo, count
+        self._grids: dict[tuple[int, int, int], tuple[int, int, int, int]] = {}  # (w, h, step) -> vao, vbo, ebo, n
         self._tex = [(GL.glGenTextures(1), GL.glGenTextures(1)) for _ in range(slots)]
         self._images: list[EyeImage | None] = [None] * slots
         for color, depth in self._tex:
@@ -192,8 +193,9 @@ class Reprojector:
         GL.glTexImage2D(GL.GL_TEXTURE_2D, 0, GL.GL_RGB8, w, h, 0, GL.GL_RGB, GL.GL_UNSIGNED_BYTE,
                         np.ascontiguousarray(image.rgb))
         if image.depth is not None:
+            dh, dw = image.depth.shape
             GL.glBindTexture(GL.GL_TEXTURE_2D, depth)
-            GL.glTexImage2D(GL.GL_TEXTURE_2D, 0, GL.GL_R32F, w, h, 0, GL.GL_RED, GL.GL_FLOAT,
+            GL.glTexImage2D(GL.GL_TEXTURE_2D, 0, GL.GL_R32F, dw, dh, 0, GL.GL_RED, GL.GL_FLOAT,
                             np.ascontiguousarray(image.depth, np.float32))
         GL.glBindTexture(GL.GL_TEXTURE_2D, 0)
         self._images[slot] = image
@@ -248,20 +250,25 @@ class Reprojector:
             GL.glUniform1i(GL.glGetUniformLocation(self._mesh, "u_depth"), 1)
             GL.glUniform2f(GL.glGetUniformLocation(self._mesh, "u_size"), w, h)
             GL.glUniform4f(GL.glGetUniformLocation(self._mesh, "u_k"), k[0, 0], k[1, 1], k[0, 2], k[1, 2])
+            dh, dw = image.depth.shape
+            kd = cameras.fov_to_intrinsics(image.fov, dw, dh)
+            GL.glUniform2f(GL.glGetUniformLocation(self._mesh, "u_dsize"), dw, dh)
+            GL.glUniform4f(GL.glGetUniformLocation(self._mesh, "u_kd"), kd[0, 0], kd[1, 1], kd[0, 2], kd[1, 2])
             GL.glUniform1f(GL.glGetUniformLocation(self._mesh, "u_far_fill"), cfg.far_fill)
             GL.glUniformMatrix4fv(GL.glGetUniformLocation(self._mesh, "u_clip_from_cv"), 1, GL.GL_TRUE,
                                   clip_from_cv.astype(np.float32))
-            vao, count = self._grid(w, h)
+            step = max(1, round(cfg.grid_step * dw / w))  # grid_step is in colour pixels
+            vao, count = self._grid(dw, dh, step)
             GL.glBindVertexArray(vao)
             GL.glDrawElements(GL.GL_TRIANGLES, count, GL.GL_UNSIGNED_INT, ctypes.c_void_p(0))
             GL.glActiveTexture(GL.GL_TEXTURE0)
         GL.glBindVertexArray(0)
         GL.glUseProgram(0)
 
-    def _grid(self, w: int, h: int) -> tuple[int, int]:
-        key = (w, h)
+    def _grid(self, w: int, h: int, step: int) -> tuple[int, int]:
+        key = (w, h, step)
         if key not in self._grids:
-            verts, tris = grid_vertices(w, h, self.config.grid_step)
+            verts, tris = grid_vertices(w, h, step)
             vao = GL.glGenVertexArrays(1)
             GL.glBindVertexArray(vao)
             vbo, ebo = GL.glGenBuffers(2)
