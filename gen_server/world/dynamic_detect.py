@@ -1,0 +1,135 @@
+"""Dynamic-pixel detection by multi-frame geometric + photometric consistency (torch, CPU or CUDA).
+
+A frame's pixel is lifted to its 3D world point and re-projected into a few neighbour frames. Each
+neighbour gives one of three verdicts for that point:
+
+* **agree** - the neighbour saw a surface at the same depth there (within a relative tolerance) with
+  the same colour (within a threshold): the point was still there;
+* **disagree** - the neighbour saw *through* the point (its depth there is farther: the point should
+  have hidden that surface but did not), or saw the same depth with a different colour;
+* **no evidence** - the point falls outside the neighbour's image, behind its camera, on a pixel
+  without depth, or the neighbour saw something *nearer* (an occluder - not evidence of motion).
+
+A pixel is static when it agrees in at least ``min_static_fraction`` of the neighbours that gave a
+verdict (and when none did); otherwise dynamic. A 3x3 majority filter removes isolated decisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class DynamicDetectConfig:
+    """Thresholds of the consistency test.
+
+    ``offsets`` are neighbour frame offsets (frames before / after); ``depth_rel_tol`` is
+    |d_neighbour - z| / z below which depths agree; ``color_tol`` is the mean absolute RGB difference
+    (0..1) below which colours agree.
+    """
+
+    offsets: tuple[int, ...] = (-4, -2, 2, 4)
+    depth_rel_tol: float = 0.03
+    color_tol: float = 0.12
+    min_static_fraction: float = 0.5
+    majority_filter: bool = True
+
+
+@dataclass
+class DetectionView:
+    """A neighbour frame as the detector sees it, on a pixel grid subsampled by ``stride``.
+
+    Convention: ``depth`` (h, w) z-depth metres (0 = unknown) and ``rgb`` (h, w, 3) float in [0, 1]
+    are the full-resolution images sampled at pixels (stride * j, stride * i); ``intrinsics`` (3, 3)
+    OpenCV for the *full-resolution* image; ``cv_from_world`` (4, 4) OpenCV extrinsics (from
+    ``cameras.cv_camera_from_world``).
+    """
+
+    depth: torch.Tensor
+    rgb: torch.Tensor
+    intrinsics: torch.Tensor
+    cv_from_world: torch.Tensor
+    stride: int
+
+
+def _check(name: str, t: torch.Tensor, shape: tuple) -> None:
+    if t.ndim != len(shape) or any(s is not None and a != s for a, s in zip(t.shape, shape)):
+        raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
+
+
+def neighbour_evidence(points: torch.Tensor, rgb: torch.Tensor, valid: torch.Tensor, view: DetectionView,
+                       config: DynamicDetectConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """One neighbour's verdict on each point: (agree (h, w) bool, disagree (h, w) bool).
+
+    Convention: ``points`` (h, w, 3) OpenXR world metres, ``rgb`` (h, w, 3) float [0, 1], ``valid``
+    (h, w) bool. The projected position is looked up at the 4 surrounding neighbour pixels, so a
+    surface sampled between pixels (or at a silhouette) is not mistaken for motion: it agrees if any
+    corner agrees, and disagrees geometrically only if every valid corner is farther.
+    """
+    _check("points", points, (None, None, 3))
+    h_n, w_n = view.depth.shape
+    cam = points @ view.cv_from_world[:3, :3].T + view.cv_from_world[:3, 3]
+    z = cam[..., 2]
+    front = valid & (z > 1e-6)
+    zs = torch.where(front, z, torch.ones_like(z))
+    k = view.intrinsics
+    u = (k[0, 0] * cam[..., 0] / zs + k[0, 2]) / view.stride
+    v = (k[1, 1] * cam[..., 1] / zs + k[1, 2]) / view.stride
+    u0, v0 = torch.floor(u).long(), torch.floor(v).long()
+    depth_flat, rgb_flat = view.depth.reshape(-1), view.rgb.reshape(-1, 3)
+
+    photo_ok = torch.zeros_like(valid)
+    geo_any = torch.zeros_like(valid)
+    nearer_any = torch.zeros_like(valid)
+    ok_any = torch.zeros_like(valid)
+    all_farther = torch.ones_like(valid)
+    tol = config.depth_rel_tol
+    for du, dv in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        ui, vi = u0 + du, v0 + dv
+        inside = front & (ui >= 0) & (ui < w_n) & (vi >= 0) & (vi < h_n)
+        idx = (vi.clamp(0, h_n - 1) * w_n + ui.clamp(0, w_n - 1))
+        dn = depth_flat[idx]
+        ok = inside & (dn > 0)
+        rel = (dn - z) / zs
+        geo = ok & (rel.abs() <= tol)
+        color_diff = (rgb_flat[idx] - rgb).abs().mean(-1)
+        photo_ok |= geo & (color_diff <= config.color_tol)
+        geo_any |= geo
+        nearer_any |= ok & (rel < -tol)
+        ok_any |= ok
+        all_farther &= ~ok | (rel > tol)
+    # Same depth but another colour, or seen-through everywhere: the point moved.
+    disagree = ok_any & ~photo_ok & (geo_any | (all_farther & ~nearer_any))
+    return photo_ok, disagree
+
+
+def majority_filter(mask: torch.Tensor) -> torch.Tensor:
+    """3x3 majority vote on a (h, w) bool mask (edges padded with 'not set')."""
+    counts = torch.nn.functional.avg_pool2d(mask[None, None].float(), 3, stride=1, padding=1, count_include_pad=True)
+    return counts[0, 0] > 0.5
+
+
+def detect_dynamic(points: torch.Tensor, rgb: torch.Tensor, valid: torch.Tensor, neighbours: list[DetectionView],
+                   config: DynamicDetectConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic mask of one frame: (dynamic (h, w) bool, confidence (h, w) float in [0.5, 1]).
+
+    Convention: inputs as in :func:`neighbour_evidence`, on the frame's own detection grid. The
+    confidence of a dynamic pixel is the fraction of neighbours with a verdict that disagreed (0.5
+    where only the majority filter made it dynamic).
+    """
+    _check("rgb", rgb, (points.shape[0], points.shape[1], 3))
+    _check("valid", valid, (points.shape[0], points.shape[1]))
+    agree = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)
+    disagree = torch.zeros_like(agree)
+    for view in neighbours:
+        a, d = neighbour_evidence(points, rgb, valid, view, config)
+        agree += a.float()
+        disagree += d.float()
+    seen = agree + disagree
+    dynamic = valid & (disagree > 0) & (agree < config.min_static_fraction * seen)
+    if config.majority_filter:
+        dynamic = majority_filter(dynamic) & valid
+    confidence = torch.where(seen > 0, disagree / seen.clamp_min(1), torch.zeros_like(seen)).clamp_min(0.5)
+    return dynamic, confidence

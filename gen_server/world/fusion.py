@@ -1,0 +1,331 @@
+"""Fusion of streamed RGB-D source frames into the anchored world state (torch; CUDA when available).
+
+Per frame (streamed; only a ring buffer of ``2 * max|offset| + 1`` frames is held):
+
+1. unproject the depth to world points (``cameras.unproject_depth`` semantics, vectorised in torch);
+2. split pixels into static / dynamic by multi-frame consistency (``dynamic_detect``) against the
+   neighbour frames ``t + offsets`` (on a grid subsampled so it is at most ``detect_max_side`` wide);
+3. merge static pixels into a voxel grid whose voxel size follows the pixel footprint (see
+   :class:`VoxelAccumulator`): the static layer holds what no single frame sees and stays bounded by
+   the scene's surface, not the clip length;
+4. keep the dynamic pixels as that frame's dynamic layer (subsampled if a frame has more than
+   ``max_dynamic_points`` of them).
+
+Pixel footprint (documented once, used for radii and voxel sizes): a pixel at z-depth ``d`` spans
+``f = d * max(1/fx, 1/fy)`` metres; a splat covering the whole pixel square has radius
+``f * sqrt(2) / 2`` (half its diagonal).
+
+Memory (60 s clip at 960x540, 24 fps = 1440 frames): the ring buffer holds 9 frames (~4 MiB each);
+each static voxel costs 40 bytes (int64 key + 8 float32 sums) plus ~3x that transiently while a
+pending batch (<= ``merge_every`` = 4 M samples, ~200 MiB) is merged; a camera that keeps seeing new
+surface adds at most ~1 voxel per pixel per frame, so 1440 x 518 k = 746 M samples... in practice a
+scene is re-observed and voxels are ~1-4 pixels, so a 60 s clip holds a few tens of millions of voxels
+(~2-4 GiB). Dynamic points are capped at 131 072 per frame (23 bytes each on the CPU): at most 4.3 GiB
+for 1440 frames, ~8.7 GiB at the final concatenation. Peak for a 60 s 960 px clip: ~12-16 GiB < 24 GiB.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from gen_server import cameras
+from gen_server.world.dynamic_detect import DetectionView, DynamicDetectConfig, detect_dynamic
+from gen_server.world.frames import SourceFrame
+from gen_server.world.state import PointLayer, WorldState
+
+HALF_DIAGONAL = math.sqrt(2.0) / 2.0
+
+
+@dataclass
+class FusionConfig:
+    """Knobs of the fusion. ``voxel_factor``: a static voxel is at least this many pixel footprints
+    wide (rounded up to ``voxel_base * 2**level``); ``detect_max_side``: the detection grid is strided
+    down to at most this width/height; ``max_dynamic_points``: per-frame cap (strided beyond it)."""
+
+    detect: DynamicDetectConfig = field(default_factory=DynamicDetectConfig)
+    voxel_factor: float = 1.0
+    voxel_base: float = 1e-3
+    detect_max_side: int = 480
+    max_dynamic_points: int = 131_072
+    merge_every: int = 4_000_000
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None -> CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pixel_footprint(depth: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
+    """Metres spanned by one pixel at each z-depth: ``depth * max(1/fx, 1/fy)``.
+
+    Convention: OpenCV intrinsics (3, 3); depth z-depth metres, any shape.
+    """
+    return depth * torch.maximum(1.0 / intrinsics[0, 0], 1.0 / intrinsics[1, 1])
+
+
+def unproject_depth_torch(depth: torch.Tensor, intrinsics: torch.Tensor, world_from_cv: torch.Tensor) -> torch.Tensor:
+    """z-depth (H, W) -> world points (H, W, 3); torch twin of ``cameras.unproject_depth``.
+
+    Convention: OpenCV pixels (centres at integers) and intrinsics; ``world_from_cv`` (4, 4) is
+    ``inverse(cameras.cv_camera_from_world(world_from_camera))`` so the result is in the OpenXR world.
+    Invalid depth is not masked here (callers carry a ``depth > 0`` mask).
+    """
+    if depth.ndim != 2:
+        raise ValueError(f"depth: expected (H, W), got {tuple(depth.shape)}")
+    h, w = depth.shape
+    u = torch.arange(w, device=depth.device, dtype=depth.dtype)
+    v = torch.arange(h, device=depth.device, dtype=depth.dtype)
+    x = ((u - intrinsics[0, 2]) / intrinsics[0, 0])[None, :] * depth
+    y = ((v - intrinsics[1, 2]) / intrinsics[1, 1])[:, None] * depth
+    r, t = world_from_cv[:3, :3], world_from_cv[:3, 3]
+    return torch.stack(
+        [r[i, 0] * x + r[i, 1] * y + r[i, 2] * depth + t[i] for i in range(3)], -1
+    )
+
+
+# Voxel keys: 5 bits of level, then 3 x 19 bits of signed cell index (offset by 2**18).
+_BITS, _OFF = 19, 1 << 18
+_MASK = (1 << _BITS) - 1
+_MAX_LEVEL = 30
+
+
+class VoxelAccumulator:
+    """Static surface samples merged per voxel: mean position, mean colour, observation count.
+
+    A sample of footprint ``f`` goes to level ``L = ceil(log2(factor * f / base))``, voxel size
+    ``s = base * 2**L`` (so ``factor * f <= s < 2 * factor * f``): near surfaces get fine voxels, far
+    ones coarse, and each voxel gathers ~1-4 pixels of one frame. Per voxel it sums the offset from the
+    voxel centre (float32 stays exact far from the origin), the colour, the sample's ``(f / s)**2``
+    (the fraction of the voxel face one pixel covers: summed, ~number of frames that saw the voxel)
+    and the sample count. Samples are batched and merged by sort (``torch.unique``).
+    """
+
+    def __init__(self, device: torch.device, factor: float = 1.0, base: float = 1e-3, merge_every: int = 4_000_000):
+        self.device, self.factor, self.base, self.merge_every = device, factor, base, merge_every
+        self.keys = torch.zeros(0, dtype=torch.int64, device=device)
+        self.sums = torch.zeros((0, 8), dtype=torch.float32, device=device)
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending_count = 0
+        self.dropped = 0  # samples too far from the origin for their voxel level's index range
+
+    def add(self, points: torch.Tensor, colors: torch.Tensor, footprint: torch.Tensor, weight: float = 1.0) -> None:
+        """points (N, 3) world metres, colors (N, 3) float 0..255, footprint (N,) metres; ``weight``:
+        pixels each sample stands for (when the caller subsamples), for the observation count."""
+        if len(points) == 0:
+            return
+        level = torch.ceil(torch.log2(self.factor * footprint / self.base)).clamp(0, _MAX_LEVEL)
+        size = self.base * torch.exp2(level)
+        cell = torch.floor(points / size[:, None])
+        inside = (cell.abs() < _OFF - 1).all(-1)
+        if not bool(inside.all()):
+            self.dropped += int((~inside).sum())
+            points, colors, footprint, level, size, cell = (
+                a[inside] for a in (points, colors, footprint, level, size, cell))
+        idx = cell.long() + _OFF
+        key = (level.long() << (3 * _BITS)) | (idx[:, 0] << (2 * _BITS)) | (idx[:, 1] << _BITS) | idx[:, 2]
+        offset = points - (cell + 0.5) * size[:, None]
+        obs = (footprint / size).square() * weight
+        values = torch.cat([offset, colors, obs[:, None], torch.ones_like(obs)[:, None]], 1)
+        self._pending.append((key, values))
+        self._pending_count += len(key)
+        if self._pending_count >= self.merge_every:
+            self.merge()
+
+    def merge(self) -> None:
+        if not self._pending:
+            return
+        keys = torch.cat([self.keys] + [k for k, _ in self._pending])
+        values = torch.cat([self.sums] + [v for _, v in self._pending])
+        self._pending, self._pending_count = [], 0
+        self.keys, inverse = torch.unique(keys, sorted=True, return_inverse=True)
+        self.sums = torch.zeros((len(self.keys), values.shape[1]), dtype=values.dtype, device=values.device)
+        self.sums.index_add_(0, inverse, values)
+
+    def __len__(self) -> int:
+        self.merge()
+        return len(self.keys)
+
+    def layer(self) -> PointLayer:
+        """The merged voxels as a PointLayer.
+
+        Radius: half the diagonal of the voxel face (``s * sqrt(2) / 2``), so neighbouring voxels'
+        splats close the surface. Confidence: ``1 - exp(-n / 2)`` for ``n`` frame-equivalents seen.
+        """
+        self.merge()
+        keys, sums = self.keys, self.sums
+        level = (keys >> (3 * _BITS)).float()
+        size = self.base * torch.exp2(level)
+        cell = torch.stack([(keys >> (2 * _BITS)) & _MASK, (keys >> _BITS) & _MASK, keys & _MASK], -1) - _OFF
+        count = sums[:, 7:8]
+        position = (cell.float() + 0.5) * size[:, None] + sums[:, 0:3] / count
+        color = (sums[:, 3:6] / count).round().clamp(0, 255)
+        confidence = 1.0 - torch.exp(-sums[:, 6] / 2.0)
+        return PointLayer(
+            position.cpu().numpy().astype(np.float32),
+            color.cpu().numpy().astype(np.uint8),
+            (size * HALF_DIAGONAL).cpu().numpy().astype(np.float32),
+            confidence.cpu().numpy().astype(np.float32),
+        )
+
+
+@dataclass
+class _Prepared:
+    """A frame in the ring buffer, on the fusion device."""
+
+    position: int
+    frame: SourceFrame
+    depth: torch.Tensor  # (H, W) float32, 0 = unknown
+    rgb: torch.Tensor  # (H, W, 3) float32 0..255
+    intrinsics: torch.Tensor  # (3, 3) float32
+    world_from_cv: torch.Tensor  # (4, 4) float32
+    view: DetectionView
+
+
+class WorldFuser:
+    """Streams SourceFrames in (``add``), returns the WorldState at ``finish``.
+
+    A frame is classified once the frames ``max(offsets)`` after it have arrived (or at the end of the
+    stream), so at most ``max(offsets) - min(offsets) + 1`` frames are held.
+    """
+
+    def __init__(self, config: FusionConfig | None = None, device: str | torch.device | None = None):
+        self.config = config or FusionConfig()
+        self.device = resolve_device(device)
+        offsets = self.config.detect.offsets
+        self._ahead = max([0, *offsets])
+        self._behind = -min([0, *offsets])
+        self._ring: deque[_Prepared] = deque()
+        self._next = 0  # stream position of the next frame to classify
+        self._count = 0
+        self.static = VoxelAccumulator(self.device, self.config.voxel_factor, self.config.voxel_base,
+                                       self.config.merge_every)
+        self._dynamic: list[PointLayer] = []
+        self._times: list[float] = []
+        self._poses: list[np.ndarray] = []
+        self._intrinsics: list[np.ndarray] = []
+        self._size: tuple[int, int] | None = None
+        self.dynamic_pixels = 0
+        self.static_pixels = 0
+
+    # -- streaming ----------------------------------------------------------------------------------
+    def add(self, frame: SourceFrame) -> None:
+        """Take the next frame (must have depth and the same size as the first)."""
+        if frame.depth is None:
+            raise ValueError(f"frame {frame.index}: no depth (run a depth model first)")
+        if self._size is None:
+            self._size = frame.size
+        elif frame.size != self._size:
+            raise ValueError(f"frame {frame.index}: size {frame.size} differs from the first frame's {self._size}")
+        self._ring.append(self._prepare(frame))
+        self._times.append(float(frame.time))
+        self._poses.append(np.asarray(frame.world_from_camera, np.float64))
+        self._intrinsics.append(np.asarray(frame.intrinsics, np.float64))
+        self._count += 1
+        while self._next + self._ahead < self._count:
+            self._classify(self._next)
+
+    def finish(self, fps: float, source: dict | None = None) -> WorldState:
+        """Classify the frames still waiting for neighbours; return the world state."""
+        if self._count == 0:
+            raise ValueError("no frames to fuse")
+        while self._next < self._count:
+            self._classify(self._next)
+        offsets = np.zeros(self._count + 1, np.int64)
+        offsets[1:] = np.cumsum([len(layer) for layer in self._dynamic])
+        return WorldState(
+            static=self.static.layer(),
+            dynamic=PointLayer.concatenate(self._dynamic),
+            dynamic_offsets=offsets,
+            times=np.asarray(self._times, np.float64),
+            fps=float(fps),
+            camera_poses=np.stack(self._poses),
+            intrinsics=np.stack(self._intrinsics),
+            image_size=self._size,
+            source=dict(source or {}),
+        )
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _stride(self) -> int:
+        w, h = self._size
+        return max(1, math.ceil(max(w, h) / self.config.detect_max_side))
+
+    def _prepare(self, frame: SourceFrame) -> _Prepared:
+        dev, s = self.device, self._stride()
+        depth = torch.from_numpy(np.ascontiguousarray(frame.depth, np.float32)).to(dev)
+        depth = torch.where(torch.isfinite(depth) & (depth > 0), depth, torch.zeros_like(depth))
+        rgb = torch.from_numpy(np.ascontiguousarray(frame.rgb)).to(dev).float()
+        k = torch.as_tensor(np.asarray(frame.intrinsics, np.float64), dtype=torch.float32, device=dev)
+        cv_from_world_np = cameras.cv_camera_from_world(np.asarray(frame.world_from_camera, np.float64))
+        cv_from_world = torch.as_tensor(cv_from_world_np, dtype=torch.float32, device=dev)
+        world_from_cv = torch.as_tensor(np.linalg.inv(cv_from_world_np), dtype=torch.float32, device=dev)
+        view = DetectionView(depth[::s, ::s].contiguous(), (rgb[::s, ::s] / 255.0).contiguous(), k, cv_from_world, s)
+        return _Prepared(len(self._times), frame, depth, rgb, k, world_from_cv, view)
+
+    def _get(self, position: int) -> _Prepared | None:
+        if not self._ring or position < self._ring[0].position or position > self._ring[-1].position:
+            return None
+        return self._ring[position - self._ring[0].position]
+
+    def _classify(self, position: int) -> None:
+        cur = self._get(position)
+        neighbours = [n.view for o in self.config.detect.offsets if o != 0 and (n := self._get(position + o))]
+        s = cur.view.stride
+        points = unproject_depth_torch(cur.depth, cur.intrinsics, cur.world_from_cv)
+        valid = cur.depth > 0
+        det_points = points[::s, ::s]
+        dyn_small, conf_small = detect_dynamic(det_points, cur.view.rgb, cur.view.depth > 0, neighbours,
+                                               self.config.detect)
+        h, w = cur.depth.shape
+        dynamic = dyn_small.repeat_interleave(s, 0).repeat_interleave(s, 1)[:h, :w] & valid
+        conf = conf_small.repeat_interleave(s, 0).repeat_interleave(s, 1)[:h, :w]
+        footprint = pixel_footprint(cur.depth, cur.intrinsics)
+
+        # Static samples: on large images one pixel of each stride x stride block per frame, the block
+        # position cycling with the frame, so consecutive frames (which re-observe nearly the same
+        # surface) together still sample every pixel at a fraction of the merge cost.
+        phase = position % (s * s)
+        pv, pu = divmod(phase, s)
+        static_sel = (valid & ~dynamic)[pv::s, pu::s]
+        self.static_pixels += int(static_sel.sum())
+        self.static.add(points[pv::s, pu::s][static_sel], cur.rgb[pv::s, pu::s][static_sel],
+                        footprint[pv::s, pu::s][static_sel], weight=float(s * s))
+        self._dynamic.append(self._dynamic_layer(points, cur.rgb, footprint, conf, dynamic))
+
+        self._next += 1
+        # Drop frames no later frame will need as a neighbour.
+        while self._ring and self._ring[0].position < self._next - self._behind:
+            self._ring.popleft()
+
+    def _dynamic_layer(self, points, rgb, footprint, conf, dynamic) -> PointLayer:
+        n = int(dynamic.sum())
+        self.dynamic_pixels += n
+        step = 1
+        if n > self.config.max_dynamic_points:
+            # Keep every step-th pixel in both directions; radii grow to cover the skipped ones.
+            step = math.ceil(math.sqrt(n / self.config.max_dynamic_points))
+            grid = torch.zeros_like(dynamic)
+            grid[::step, ::step] = True
+            dynamic = dynamic & grid
+        return PointLayer(
+            points[dynamic].cpu().numpy().astype(np.float32),
+            rgb[dynamic].round().clamp(0, 255).to(torch.uint8).cpu().numpy(),
+            (footprint[dynamic] * (HALF_DIAGONAL * step)).cpu().numpy().astype(np.float32),
+            conf[dynamic].cpu().numpy().astype(np.float32),
+        )
+
+
+def fuse_frames(frames, fps: float, source: dict | None = None, config: FusionConfig | None = None,
+                device: str | torch.device | None = None) -> WorldState:
+    """Fuse an iterable of SourceFrames (streamed) into a WorldState."""
+    fuser = WorldFuser(config, device)
+    with torch.inference_mode():
+        for frame in frames:
+            fuser.add(frame)
+        return fuser.finish(fps, source)
