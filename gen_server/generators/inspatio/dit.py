@@ -21,11 +21,11 @@ from torch import nn
 from .config import DiTConfig
 
 
-def sinusoidal_time_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
-    """(B,) timesteps in [0, 1000] -> (B, dim) float64 [cos | sin] features (Wan ordering)."""
+def sinusoidal_time_embedding(dim: int, t: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """(B,) timesteps in [0, 1000] -> (B, dim) [cos | sin] features (Wan ordering), computed in `dtype`."""
     half = dim // 2
-    freqs = torch.pow(10000.0, -torch.arange(half, device=t.device, dtype=torch.float64) / half)
-    arg = t.to(torch.float64)[:, None] * freqs[None]
+    freqs = torch.pow(10000.0, -torch.arange(half, device=t.device, dtype=dtype) / half)
+    arg = t.to(dtype)[:, None] * freqs[None]
     return torch.cat([torch.cos(arg), torch.sin(arg)], dim=1)
 
 
@@ -51,6 +51,13 @@ def rope_angles(cfg: DiTConfig, frames: int, height: int, width: int, frame_offs
         aw[None, None, :].expand(frames, height, width, pw),
     ], dim=-1)
     return grid.reshape(frames * height * width, pt + ph + pw).to(torch.float32)
+
+
+def rope_tables(cfg: DiTConfig, frames: int, height: int, width: int, frame_offset: int,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin), each (N, 1, head_dim/2) float32, for `apply_rope`."""
+    ang = rope_angles(cfg, frames, height, width, frame_offset, device)[:, None]
+    return torch.cos(ang), torch.sin(ang)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -83,7 +90,10 @@ class LayerNorm(nn.LayerNorm):
 
 @dataclass
 class KVCache:
-    """Per-layer self-attention keys/values, (layers, B, heads, capacity_tokens, head_dim)."""
+    """Per-layer self-attention keys/values, (layers, B, heads, capacity_tokens, head_dim).
+
+    k/v may also be lists of per-layer (B, heads, capacity, head_dim) tensors (functional ONNX graphs).
+    """
     k: torch.Tensor
     v: torch.Tensor
 
@@ -94,7 +104,7 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[-2]
 
 
 class SelfAttention(nn.Module):
@@ -191,8 +201,11 @@ class CausalWanDiT(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
+        #: float64 like the published model; ONNX/TensorRT graphs switch to float32 (no FP64 there).
+        self.time_dtype = torch.float64
 
     # -- setup ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
     def text_context(self, prompt_embedding: torch.Tensor) -> TextContext:
         """(B, L<=text_len, text_dim) umT5 embedding -> cached cross-attention K/V (zero-padded to text_len)."""
         b, n, c = prompt_embedding.shape
@@ -210,11 +223,13 @@ class CausalWanDiT(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, t: torch.Tensor, text: TextContext, cache: KVCache, write_at: int,
-                frame_offset: int, with_head: bool = True) -> torch.Tensor | None:
+                frame_offset: int, with_head: bool = True,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor | None:
         """Run one chunk of latent frames through the DiT against the KV cache.
 
         x: (B, 36, F, h, w) [noisy | mask | render] latents; t: (B,) timesteps (0 for context prefill).
         The chunk's K/V are written at token `write_at` and it attends to cache[:write_at + F*h*w/4].
+        rope: optional precomputed (cos, sin) (N, 1, head_dim/2) for this chunk (constants in exported graphs).
         Returns the flow prediction (B, 16, F, h, w), or None when with_head is False (prefill).
         """
         cfg = self.cfg
@@ -226,10 +241,9 @@ class CausalWanDiT(nn.Module):
             raise ValueError(f"chunk of {f * hp * wp} tokens at {write_at} overflows KV cache of {cache.capacity}")
         dtype = self.patch_embedding.weight.dtype
         tokens = self.patch_embedding(x.to(dtype)).flatten(2).transpose(1, 2)
-        e = self.time_embedding(sinusoidal_time_embedding(cfg.freq_dim, t).to(dtype))
+        e = self.time_embedding(sinusoidal_time_embedding(cfg.freq_dim, t, self.time_dtype).to(dtype))
         e6 = self.time_projection(e).unflatten(1, (6, cfg.dim))
-        ang = rope_angles(cfg, f, hp, wp, frame_offset, x.device)[:, None]
-        cos, sin = torch.cos(ang), torch.sin(ang)
+        cos, sin = rope if rope is not None else rope_tables(cfg, f, hp, wp, frame_offset, x.device)
         for i, blk in enumerate(self.blocks):
             tokens = blk(tokens, e6, cos, sin, cache.k[i], cache.v[i], write_at, text.k[i], text.v[i])
         if not with_head:
