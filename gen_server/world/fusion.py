@@ -214,6 +214,10 @@ class WorldFuser:
         self.dynamic_pixels = 0
         self.static_pixels = 0
 
+    @property
+    def frame_count(self) -> int:
+        return self._count
+
     # -- streaming ----------------------------------------------------------------------------------
     def add(self, frame: SourceFrame) -> None:
         """Take the next frame (must have depth and the same size as the first)."""
