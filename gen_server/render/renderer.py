@@ -15,7 +15,7 @@ import torch
 
 from gen_server import cameras
 from gen_server.render.holes import push_pull
-from gen_server.render.splat import EMPTY_KEY, PackedPoints, SplatConfig, pack_points, resolve, splat_into
+from gen_server.render.splat import EMPTY_KEY, PackedPoints, SplatConfig, pack_points, projection_matrices, resolve, splat_into
 from gen_server.world.state import WorldState
 
 
@@ -81,10 +81,10 @@ class Renderer:
     def _dynamic_slice(self, frame: int) -> slice:
         return slice(int(self._dynamic_offsets[frame]), int(self._dynamic_offsets[frame + 1]))
 
-    def _zbuffer(self, layer_slices: list[slice], cv_from_world: torch.Tensor, k: torch.Tensor, width: int, height: int, base: torch.Tensor | None = None) -> torch.Tensor:
-        zbuf = base.clone() if base is not None else torch.full((cv_from_world.shape[0] * height * width,), EMPTY_KEY, dtype=torch.int64, device=self.device)
+    def _zbuffer(self, layer_slices: list[slice], proj: torch.Tensor, k: torch.Tensor, width: int, height: int, base: torch.Tensor | None = None) -> torch.Tensor:
+        zbuf = base.clone() if base is not None else torch.full((proj.shape[0] * height * width,), EMPTY_KEY, dtype=torch.int64, device=self.device)
         for sl in layer_slices:
-            splat_into(zbuf, self.points, sl, cv_from_world, k, width, height, self.config.splat)
+            splat_into(zbuf, self.points, sl, proj, k, width, height, self.config.splat)
         return zbuf
 
     def render(self, world_from_camera, intrinsics, width: int, height: int, tau: float) -> RenderOutput:
@@ -102,18 +102,18 @@ class Renderer:
         if not math.isfinite(float(tau)):
             raise ValueError(f"render: tau must be finite, got {tau}")
         width, height, batch = int(width), int(height), len(poses)
-        cv_from_world = torch.from_numpy(cameras.cv_camera_from_world(poses)).to(self.device, torch.float32)
+        proj = torch.from_numpy(projection_matrices(cameras.cv_camera_from_world(poses), ks)).to(self.device, torch.float32)
         k = torch.from_numpy(ks).to(self.device, torch.float32)
 
         a, b, w = self.world.frame_at(float(tau))
         static = slice(0, self._static_count)
         if b != a and w > 0.0:
-            zstatic = self._zbuffer([static], cv_from_world, k, width, height)
-            color_a, depth_a, valid_a = resolve(self._zbuffer([self._dynamic_slice(a)], cv_from_world, k, width, height, zstatic), self.points)
-            color_b, depth_b, valid_b = resolve(self._zbuffer([self._dynamic_slice(b)], cv_from_world, k, width, height, zstatic), self.points)
+            zstatic = self._zbuffer([static], proj, k, width, height)
+            color_a, depth_a, valid_a = resolve(self._zbuffer([self._dynamic_slice(a)], proj, k, width, height, zstatic), self.points)
+            color_b, depth_b, valid_b = resolve(self._zbuffer([self._dynamic_slice(b)], proj, k, width, height, zstatic), self.points)
             color, depth, valid = _cross_fade(color_a, depth_a, valid_a, color_b, depth_b, valid_b, w)
         else:
-            color, depth, valid = resolve(self._zbuffer([static, self._dynamic_slice(a)], cv_from_world, k, width, height), self.points)
+            color, depth, valid = resolve(self._zbuffer([static, self._dynamic_slice(a)], proj, k, width, height), self.points)
             color = color.to(torch.float32)
 
         color = color.view(batch, height, width, 3)

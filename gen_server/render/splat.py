@@ -1,6 +1,7 @@
 """Fast z-buffered point splatting in torch: the renderer's inner kernels.
 
-GPU layout (16 bytes per point): ``positions`` float32 (N, 3) world metres + ``attrs`` int32 (N,) holding
+GPU layout (16 bytes per point): ``xyz`` float32 (3, N) world metres (coordinate-major, so projection
+is one batched matmul producing contiguous u/v/z rows) + ``attrs`` int32 (N,) holding
 sRGB colour in the low 24 bits and an 8-bit log-quantised world radius in the high byte.
 
 The z-buffer is one int64 per pixel: ``(float32 depth bits << 32) | point id``. Positive float32 bit
@@ -35,21 +36,26 @@ class SplatConfig:
 class PackedPoints:
     """Points in the 16-bytes-per-point device layout (see module docstring)."""
 
-    positions: torch.Tensor  # (N, 3) float32
+    xyz: torch.Tensor  # (3, N) float32
     attrs: torch.Tensor  # (N,) int32: rgb8 | radius code << 24
     radius_log2_min: float
     radius_log2_step: float
 
     def __len__(self) -> int:
-        return int(self.positions.shape[0])
+        return int(self.xyz.shape[1])
 
     def bytes_per_point(self) -> float:
         n = max(len(self), 1)
-        return (self.positions.numel() * self.positions.element_size() + self.attrs.numel() * self.attrs.element_size()) / n
+        return (self.xyz.numel() * self.xyz.element_size() + self.attrs.numel() * self.attrs.element_size()) / n
 
     def radii(self, sl: slice = slice(None)) -> torch.Tensor:
         """Decoded world radii (float32) of ``attrs[sl]``."""
         code = ((self.attrs[sl] >> 24) & 0xFF).to(torch.float32)
+        return torch.exp2(self.radius_log2_min + code * self.radius_log2_step)
+
+    def radii_at(self, ids: torch.Tensor) -> torch.Tensor:
+        """Decoded world radii (float32) of the points ``ids``."""
+        code = ((self.attrs[ids] >> 24) & 0xFF).to(torch.float32)
         return torch.exp2(self.radius_log2_min + code * self.radius_log2_step)
 
     def colors(self, ids: torch.Tensor) -> torch.Tensor:
@@ -82,64 +88,73 @@ def pack_points(positions: np.ndarray, colors: np.ndarray, radii: np.ndarray, de
     c = colors.astype(np.int64)
     attrs = (c[:, 0] | (c[:, 1] << 8) | (c[:, 2] << 16) | (codes << 24)).astype(np.uint32).view(np.int32)
     return PackedPoints(
-        torch.from_numpy(np.ascontiguousarray(positions)).to(device),
+        torch.from_numpy(np.ascontiguousarray(positions.T)).to(device),
         torch.from_numpy(np.ascontiguousarray(attrs)).to(device),
         lo,
         step,
     )
 
 
-def project(positions: torch.Tensor, cv_from_world: torch.Tensor, intrinsics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """World points (N, 3) -> pixel u, v and z-depth, each (B, N).
+def projection_matrices(cv_from_world: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
+    """K [R | t]: (B, 4, 4) OpenCV extrinsics (``cameras.cv_camera_from_world``) and (B, 3, 3) OpenCV
+    intrinsics -> (B, 3, 4) float64 pixel-from-world projections (composed in float64 on the host)."""
+    return np.asarray(intrinsics, np.float64) @ np.asarray(cv_from_world, np.float64)[:, :3, :]
 
-    Convention: ``cv_from_world`` (B, 4, 4) OpenCV extrinsics (from ``cameras.cv_camera_from_world``),
-    ``intrinsics`` (B, 3, 3) OpenCV, pixel centres at integers.
+
+def project(xyz: torch.Tensor, proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """World points xyz (3, N) -> pixel u, v and z-depth, each (B, N).
+
+    Convention: ``proj`` (B, 3, 4) from :func:`projection_matrices`; OpenCV pixels, centres at integers.
     """
-    rot, trans = cv_from_world[:, :3, :3], cv_from_world[:, :3, 3]
-    cam = torch.matmul(positions.unsqueeze(0), rot.transpose(1, 2)) + trans[:, None, :]
-    x, y, z = cam.unbind(-1)
-    inv_z = 1.0 / z
-    k = intrinsics
-    u = k[:, 0, 0, None] * x * inv_z + k[:, 0, 2, None]
-    v = k[:, 1, 1, None] * y * inv_z + k[:, 1, 2, None]
-    return u, v, z
+    h = torch.baddbmm(proj[:, :, 3:], proj[:, :, :3], xyz.unsqueeze(0).expand(proj.shape[0], -1, -1))
+    z = h[:, 2]
+    return h[:, 0] / z, h[:, 1] / z, z
 
 
 def splat_into(
     zbuf: torch.Tensor,
     points: PackedPoints,
     sl: slice,
-    cv_from_world: torch.Tensor,
+    proj: torch.Tensor,
     intrinsics: torch.Tensor,
     width: int,
     height: int,
     config: SplatConfig,
 ) -> None:
-    """Depth-test points ``sl`` of ``points`` into ``zbuf`` (B*H*W,) int64 in place.
+    """Depth-test points ``sl`` of ``points`` into ``zbuf`` (B*H*W,) int64 in place; ``proj`` (B, 3, 4)
+    from :func:`projection_matrices`, ``intrinsics`` (B, 3, 3) (for the focal lengths).
 
     Convention: each point is a camera-facing square of half-size ``radius * f / z`` pixels (clamped to
     [0.5, max_half_px]); it covers the pixel centres inside it, at the point's centre depth.
     """
     start = 0 if sl.start is None else sl.start
-    positions = points.positions[sl]
-    if positions.shape[0] == 0:
+    xyz = points.xyz[:, sl]
+    if xyz.shape[1] == 0:
         return
-    u, v, z = project(positions, cv_from_world, intrinsics)
-    radius = points.radii(sl)[None, :] * config.radius_scale / z
-    rx = (radius * intrinsics[:, 0, 0, None]).clamp(0.5, config.max_half_px)
-    ry = (radius * intrinsics[:, 1, 1, None]).clamp(0.5, config.max_half_px)
+    u, v, z = project(xyz, proj)
+    # Conservative frustum cull first (a footprint reaches at most max_half_px beyond its centre), so the
+    # footprint maths below only runs on the points that can land (NaN positions fail every comparison).
+    m = config.max_half_px + 0.5
+    inside = (z > config.near) & (u > -m) & (u < width - 1 + m) & (v > -m) & (v < height - 1 + m)
+    b_idx, p_idx = inside.nonzero(as_tuple=True)
+    if b_idx.numel() == 0:
+        return
+    u, v, z = u[b_idx, p_idx], v[b_idx, p_idx], z[b_idx, p_idx]
+    k = intrinsics[b_idx]
+    radius = points.radii_at(p_idx + start) * config.radius_scale / z
+    rx = (radius * k[:, 0, 0]).clamp(0.5, config.max_half_px)
+    ry = (radius * k[:, 1, 1]).clamp(0.5, config.max_half_px)
     x0 = torch.ceil(u - rx).clamp(min=0)
     x1 = torch.floor(u + rx).clamp(max=width - 1)
     y0 = torch.ceil(v - ry).clamp(min=0)
     y1 = torch.floor(v + ry).clamp(max=height - 1)
-    keep = (z > config.near) & (x0 <= x1) & (y0 <= y1)
-    b_idx, p_idx = keep.nonzero(as_tuple=True)
-    if b_idx.numel() == 0:
-        return
-    x0, y0 = x0[b_idx, p_idx].long(), y0[b_idx, p_idx].long()
-    nx = x1[b_idx, p_idx].long() - x0 + 1
-    ny = y1[b_idx, p_idx].long() - y0 + 1
-    zbits = z[b_idx, p_idx].contiguous().view(torch.int32).long()
+    keep = (x0 <= x1) & (y0 <= y1)
+    if not bool(keep.all()):
+        b_idx, p_idx, z, x0, x1, y0, y1 = (t[keep] for t in (b_idx, p_idx, z, x0, x1, y0, y1))
+    x0, y0 = x0.long(), y0.long()
+    nx = x1.long() - x0 + 1
+    ny = y1.long() - y0 + 1
+    zbits = z.contiguous().view(torch.int32).long()
     key = (zbits << 32) | (p_idx + start)
     base = b_idx * (height * width) + y0 * width + x0
     counts = nx * ny
