@@ -116,6 +116,8 @@ def render_path(world: WorldState, path: CameraPath, taus: np.ndarray, options: 
     renderer = Renderer(world, device)
     w, h = path.width, path.height
     out_w = 2 * w if options.stereo else w
+    if out_w % 2 or h % 2:
+        raise InputError(f"output size {out_w}x{h}: H.264 (yuv420p) needs even width and height (use --width/--height)")
     if options.stereo and not (math.isfinite(options.ipd) and 0 <= options.ipd < 1):
         raise InputError(f"--ipd: expected metres in [0, 1), got {options.ipd}")
     temp_dirs = {}
