@@ -44,14 +44,18 @@ BUTTONS = ("a", "b", "x", "y", "menu", "system", "thumbstick", "trigger_touch", 
 CONTROL_COMMANDS = (
     "play", "pause", "toggle_pause", "rate", "seek", "step", "bookmark", "goto_bookmark", "recenter", "scale",
 )
-CONTROL_NEEDS_VALUE = {"rate", "seek", "step", "scale"}
-CONTROL_NEEDS_NAME = {"bookmark", "goto_bookmark"}
+CONTROL_NEEDS_VALUE = {"rate", "seek", "step", "scale", "goto_bookmark"}
+CONTROL_MAY_NAME = {"bookmark"}  # an optional label
 ERROR_CODES = ("bad_message", "bad_version", "not_hello", "unknown_client", "bad_control", "too_many_clients",
                "server_error")
 
 
 class ProtocolError(ValueError):
     """An invalid message; ``str(err)`` names the message type (when known) and what is wrong."""
+
+
+class ProtocolVersionError(ProtocolError):
+    """A well-formed header from a peer speaking another :data:`PROTOCOL_VERSION`."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -364,9 +368,11 @@ class PoseUpdate(Message):
 class Control(Message):
     """Client -> server: timeline and view commands.
 
-    ``rate`` value = playback rate (-8..8, negative plays backwards); ``seek`` value = tau seconds;
-    ``step`` value = whole frames (+/-); ``scale`` value = world metres per stage metre (> 0);
-    ``bookmark``/``goto_bookmark`` use ``name``; ``recenter`` makes the current head pose the origin."""
+    ``rate`` value = playback rate (negative plays backwards); ``seek`` value = tau seconds; ``step``
+    value = whole frames (+/-1); ``scale`` value = world metres per stage metre (> 0); ``bookmark``
+    stores the current tau (optional ``name`` label); ``goto_bookmark`` value = bookmark index;
+    ``recenter`` makes the current head position and yaw the stage origin. The server checks the
+    timeline's own limits and answers an ``error`` (code ``bad_control``) when one is exceeded."""
 
     TYPE: ClassVar[str] = "control"
     command: str
@@ -383,16 +389,15 @@ class Control(Message):
         command = _str("control.command", h["command"], CONTROL_COMMANDS)
         value, name = h.get("value"), h.get("name")
         if command in CONTROL_NEEDS_VALUE:
-            limits = {"rate": (-8.0, 8.0), "seek": (-1e7, 1e7), "step": (-1e6, 1e6), "scale": (1e-3, 1e3)}[command]
+            limits = {"rate": (-8.0, 8.0), "seek": (-1e7, 1e7), "step": (-1e6, 1e6), "scale": (1e-3, 1e3),
+                      "goto_bookmark": (0, 1e6)}[command]
             value = _num(f"control.value ({command})", value, *limits)
-            if command == "step" and value != int(value):
-                raise ProtocolError("control.value (step): must be a whole number of frames")
+            if command in ("step", "goto_bookmark") and value != int(value):
+                raise ProtocolError(f"control.value ({command}): must be a whole number")
         elif value is not None:
             raise ProtocolError(f"control.value: {command} takes no value")
-        if command in CONTROL_NEEDS_NAME:
+        if command in CONTROL_MAY_NAME and name is not None:
             name = _str(f"control.name ({command})", name, max_len=64)
-            if not name:
-                raise ProtocolError(f"control.name ({command}): must not be empty")
         elif name is not None:
             raise ProtocolError(f"control.name: {command} takes no name")
         return cls(command=command, value=value, name=name, seq=_int("control.seq", h.get("seq", 0)))
@@ -639,7 +644,7 @@ def decode(frames: list) -> Message:
         raise ProtocolError(f"message: unknown type {str(kind)[:40]!r}")
     version = h.get("v")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"{kind}: protocol version {str(version)[:20]!r}, this end speaks {PROTOCOL_VERSION}")
+        raise ProtocolVersionError(f"{kind}: protocol version {str(version)[:20]!r}, this end speaks {PROTOCOL_VERSION}")
     cls = MESSAGE_TYPES[kind]
     body = {k: v for k, v in h.items() if k not in ("type", "v")}
     _only_keys(kind, body, _KEYS[kind])

@@ -1,0 +1,486 @@
+"""The streaming server: a ZeroMQ ROUTER that renders each client's newest pose and sends stereo frames.
+
+One thread, one loop: drain every waiting message (poses only *replace* the client's pending pose, so
+a burst collapses to its newest), then render + encode + send for each client that has a new pose and
+is under its ``fps`` budget. Sends are non-blocking with a tiny high-water mark, so frames a slow
+client cannot take are dropped (and counted), never queued. Bad messages get an ``error`` reply; the
+server never dies of one. Clients that go quiet are freed after ``client_timeout_s``.
+
+Data flow: pose (stage) -> world_from_stage (calibration, recenter, scale) -> generator -> codec ->
+protocol.Frame. Poses in frames are echoed in stage space, depth is converted to stage metres.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import ipaddress
+import itertools
+import json
+import math
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from gen_server import protocol as P
+from gen_server.cameras import invert_rigid, yaw_pitch_to_matrix
+from gen_server.codec import CodecConfig, FrameEncoder
+from gen_server.errors import InputError
+from gen_server.generators.base import check_views
+from gen_server.timeline import Timeline, TimelineError
+
+
+@dataclass
+class ServerConfig:
+    bind: str = "tcp://127.0.0.1:5555"
+    fps: float = 24.0  # per client
+    width: int | None = None  # per-eye render size; None = what the client asked for
+    height: int | None = None
+    independent_timelines: bool = False
+    end_mode: str = "loop"
+    client_timeout_s: float = 5.0
+    max_clients: int = 16
+    sndhwm: int = 2  # frames queued per client before we drop
+    rcvhwm: int = 256
+    max_message_bytes: int = 64 * 1024  # incoming; larger ones drop the connection (zmq MAXMSGSIZE)
+    max_drain: int = 2000  # messages handled per loop before rendering again
+    keys_dir: Path | None = None
+    insecure: bool = False
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    stats_path: Path | None = None
+    status_interval_s: float = 1.0
+    status_line: bool | None = None  # None: only on a TTY
+    mask_invalid_depth: bool = False  # send 0 (no surface) where the renderer only hole-filled
+
+
+@dataclass
+class ClientState:
+    identity: bytes
+    client_id: str
+    hello: P.Hello
+    width: int
+    height: int
+    timeline: Timeline | None  # own timeline when --independent-timelines
+    last_seen: float
+    recenter: np.ndarray = field(default_factory=lambda: np.eye(4))
+    scale: float = 1.0
+    pending: P.PoseUpdate | None = None
+    pending_received_ns: int = 0
+    last_pose: P.PoseUpdate | None = None
+    last_render: float = -math.inf
+    frame_seq: itertools.count = field(default_factory=lambda: itertools.count(1))
+    counters: collections.Counter = field(default_factory=collections.Counter)
+
+
+def is_loopback(address: str) -> bool:
+    """True for ipc://, inproc:// and tcp:// on 127.0.0.0/8, ::1 or localhost."""
+    if address.startswith(("ipc://", "inproc://")):
+        return True
+    if not address.startswith("tcp://"):
+        return False
+    host = address[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "*", interface names, hostnames
+
+
+def load_world_from_stage(world_dir: Path | None, world=None) -> np.ndarray:
+    """Calibration seam: ``calibration.load_or_auto(world_dir, world)`` when the calibration package
+    provides it, else ``world_from_stage`` from ``WORLD_DIR/calibration.json``, else identity."""
+    if world_dir is None:
+        return np.eye(4)
+    try:
+        import calibration  # noqa: PLC0415
+
+        load_or_auto = getattr(calibration, "load_or_auto", None)
+        if load_or_auto is not None:
+            result = load_or_auto(Path(world_dir), world)
+            matrix = getattr(result, "world_from_stage", result)
+            return np.asarray(matrix, np.float64).reshape(4, 4)
+    except ImportError:
+        pass
+    path = Path(world_dir) / "calibration.json"
+    if path.is_file():
+        try:
+            matrix = np.asarray(json.loads(path.read_text())["world_from_stage"], np.float64).reshape(4, 4)
+        except (KeyError, ValueError, TypeError) as e:
+            raise InputError(f"{path}: no valid 4x4 'world_from_stage' ({e})") from None
+        return matrix
+    return np.eye(4)
+
+
+def _similarity_scale(m: np.ndarray) -> float:
+    return float(np.cbrt(np.linalg.det(m[:3, :3])))
+
+
+def _recenter_from_head(head: P.Pose) -> np.ndarray:
+    """stage_from_newstage making the head's floor position and yaw the new origin and forward.
+
+    Convention: OpenXR stage (+Y up, -Z forward); height and pitch/roll are kept.
+    """
+    m = head.matrix()
+    forward = -m[:3, 2]
+    yaw = math.atan2(-forward[0], -forward[2])
+    out = np.eye(4)
+    out[:3, :3] = yaw_pitch_to_matrix(yaw)
+    out[0, 3], out[2, 3] = m[0, 3], m[2, 3]
+    return out
+
+
+class RollingStats:
+    """Windowed counters for the status line and the JSON-lines stats file."""
+
+    def __init__(self, window: int = 256):
+        self.render_ms = collections.deque(maxlen=window)
+        self.encode_ms = collections.deque(maxlen=window)
+        self.latency_ms = collections.deque(maxlen=window)
+        self.sent_times = collections.deque(maxlen=window)
+        self.totals = collections.Counter()
+
+    def snapshot(self, now: float) -> dict:
+        recent = [t for t in self.sent_times if now - t <= 2.0]
+        fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+
+        def p(values, q):
+            return round(float(np.percentile(values, q)), 3) if values else None
+
+        return {"fps": round(fps, 2), "render_ms_p50": p(self.render_ms, 50), "encode_ms_p50": p(self.encode_ms, 50),
+                "latency_ms_p50": p(self.latency_ms, 50), "latency_ms_p99": p(self.latency_ms, 99), **self.totals}
+
+
+class StreamServer:
+    """Serve ``generator`` (see :mod:`gen_server.generators`) to ZeroMQ clients.
+
+    ``world_info``: dict with at least ``duration`` and ``fps`` (sent to clients in ``welcome``);
+    ``world_from_stage``: 4x4 similarity from calibration (identity if None)."""
+
+    def __init__(self, generator, world_info: dict, config: ServerConfig | None = None,
+                 world_from_stage: np.ndarray | None = None):
+        self.config = cfg = config or ServerConfig()
+        self.generator = generator
+        self.world_info = dict(world_info)
+        self.world_from_stage = np.eye(4) if world_from_stage is None else np.asarray(world_from_stage, np.float64)
+        self.timeline = self._new_timeline()
+        self.encoder = FrameEncoder(cfg.codec)
+        self.clients: dict[bytes, ClientState] = {}
+        self.stats = RollingStats()
+        self._client_ids = itertools.count(1)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ctx = zmq.Context()
+        self._auth = None
+        self.socket = self._make_socket()
+        self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._stats_file = open(cfg.stats_path, "a", encoding="utf-8") if cfg.stats_path else None
+        self._status_line = sys.stderr.isatty() if cfg.status_line is None else cfg.status_line
+        self._last_status = time.monotonic()
+
+    # ------------------------------------------------------------------ setup
+    def _new_timeline(self) -> Timeline:
+        return Timeline(float(self.world_info["duration"]), float(self.world_info["fps"]), end_mode=self.config.end_mode)
+
+    def _make_socket(self) -> zmq.Socket:
+        cfg = self.config
+        secure = cfg.keys_dir is not None
+        if not secure and not is_loopback(cfg.bind):
+            if not cfg.insecure:
+                raise InputError(f"--bind {cfg.bind}: not loopback, so CURVE keys are required (--keys DIR from "
+                                 "`timewalk keys generate DIR`), or --insecure to stream unencrypted")
+            print(f"timewalk serve: WARNING: serving {cfg.bind} without encryption or authentication (--insecure)",
+                  file=sys.stderr)
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # EAGAIN on a full client instead of silent loss: we count it
+        sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
+        sock.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
+        if secure:
+            self._setup_curve(sock, Path(cfg.keys_dir))
+        try:
+            sock.bind(cfg.bind)
+        except zmq.ZMQError as e:
+            sock.close()
+            raise InputError(f"--bind {cfg.bind}: cannot bind ({e})") from None
+        return sock
+
+    def _setup_curve(self, sock: zmq.Socket, keys_dir: Path) -> None:
+        import zmq.auth  # noqa: PLC0415
+        from zmq.auth.thread import ThreadAuthenticator  # noqa: PLC0415
+
+        secret_file, allow_dir = keys_dir / "server.key_secret", keys_dir / "authorized_clients"
+        if not secret_file.is_file():
+            raise InputError(f"{secret_file}: missing (create keys with `timewalk keys generate {keys_dir}`)")
+        if not allow_dir.is_dir():
+            raise InputError(f"{allow_dir}: missing folder of allowed client public keys")
+        public, secret = zmq.auth.load_certificate(str(secret_file))
+        self._auth = ThreadAuthenticator(self._ctx)
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(allow_dir))
+        sock.curve_server = True
+        sock.curve_publickey, sock.curve_secretkey = public, secret
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "StreamServer":
+        """Serve on a background thread (tests, benchmarks); ``stop()`` ends it."""
+        self._thread = threading.Thread(target=self.serve_forever, name="stream-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10.0)
+
+    def request_stop(self) -> None:
+        """Signal-handler safe: the loop notices within one poll interval."""
+        self._stop.set()
+
+    def serve_forever(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.step()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        for identity in list(self.clients):
+            self._send(identity, P.Bye("server shutting down"))
+        self.socket.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+        self.encoder.close()
+        if self._stats_file:
+            self._stats_file.close()
+        if self._status_line:
+            print(file=sys.stderr)
+        self._ctx.term()
+
+    # ------------------------------------------------------------------ loop
+    def step(self) -> None:
+        """One loop iteration: wait (bounded) for input, drain it, render what is due, housekeeping."""
+        if self.socket.poll(self._poll_timeout_ms(), zmq.POLLIN):
+            self._drain()
+        now = time.monotonic()
+        for client in sorted(self.clients.values(), key=lambda c: c.last_render):
+            if client.pending is not None and now - client.last_render >= 1.0 / self.config.fps:
+                self._render_for(client)
+        self._expire(time.monotonic())
+        self._report(time.monotonic())
+
+    def _poll_timeout_ms(self) -> int:
+        now, waits = time.monotonic(), [0.05]
+        for c in self.clients.values():
+            if c.pending is not None:
+                waits.append(c.last_render + 1.0 / self.config.fps - now)
+        return max(0, int(math.ceil(min(waits) * 1000)))
+
+    def _drain(self) -> None:
+        for _ in range(self.config.max_drain):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            identity, body = frames[0].bytes, frames[1:]
+            try:
+                self._handle(identity, body)
+            except P.ProtocolError as e:
+                self.stats.totals["bad_messages"] += 1
+                code = "bad_version" if isinstance(e, P.ProtocolVersionError) else "bad_message"
+                self._send(identity, P.Error(code, str(e), about=P.peek_type(body) if body else ""))
+            except Exception as e:  # noqa: BLE001 - whatever a message triggers, the server stays up
+                self.stats.totals["handler_errors"] += 1
+                self._send(identity, P.Error("server_error", f"{type(e).__name__}: {e}", about=P.peek_type(body)))
+
+    def _handle(self, identity: bytes, body: list) -> None:
+        recv_ns = time.monotonic_ns()
+        msg = P.decode(body)
+        client = self.clients.get(identity)
+        if client is not None:
+            client.last_seen = time.monotonic()
+        if isinstance(msg, P.Hello):
+            self._hello(identity, msg)
+        elif isinstance(msg, P.Ping):
+            self._send(identity, P.Pong(msg.seq, msg.t0_ns, recv_ns, time.monotonic_ns()))
+        elif client is None:
+            if not isinstance(msg, P.Bye):
+                self._send(identity, P.Error("unknown_client", "send hello first (unknown or expired client)",
+                                             about=msg.TYPE, seq=getattr(msg, "seq", None)))
+        elif isinstance(msg, P.PoseUpdate):
+            client.counters["poses"] += 1
+            if client.pending is not None:
+                client.counters["poses_superseded"] += 1
+            if client.last_pose is None or msg.seq > client.last_pose.seq:  # reordering cannot go back in time
+                client.pending, client.pending_received_ns, client.last_pose = msg, recv_ns, msg
+        elif isinstance(msg, P.Control):
+            self._control(client, msg)
+        elif isinstance(msg, P.Bye):
+            self._free(identity, "bye")
+        else:
+            raise P.ProtocolError(f"{msg.TYPE}: not a client-to-server message")
+
+    def _hello(self, identity: bytes, hello: P.Hello) -> None:
+        cfg = self.config
+        if hello.protocol_version != P.PROTOCOL_VERSION:
+            raise P.ProtocolVersionError(f"hello: protocol_version {hello.protocol_version}, server speaks {P.PROTOCOL_VERSION}")
+        if "jpeg" not in hello.color_codecs and "raw" not in hello.color_codecs:
+            raise P.ProtocolError("hello: no colour codec in common")
+        if identity not in self.clients and len(self.clients) >= cfg.max_clients:
+            self._send(identity, P.Error("too_many_clients", f"server is full ({cfg.max_clients} clients)", about="hello"))
+            return
+        color_codec = cfg.codec.color_codec if cfg.codec.color_codec in hello.color_codecs else hello.color_codecs[0]
+        depth_codec = cfg.codec.depth_codec if cfg.codec.depth_codec in hello.depth_codecs else hello.depth_codecs[0]
+        if (color_codec, depth_codec) != (cfg.codec.color_codec, cfg.codec.depth_codec):
+            raise P.ProtocolError(f"hello: server encodes {cfg.codec.color_codec}/{cfg.codec.depth_codec}, client decodes "
+                                  f"{'/'.join(hello.color_codecs)} + {'/'.join(hello.depth_codecs)}")
+        now = time.monotonic()
+        client = ClientState(
+            identity=identity, client_id=f"c{next(self._client_ids)}", hello=hello,
+            width=cfg.width or hello.eye_width, height=cfg.height or hello.eye_height,
+            timeline=self._new_timeline() if cfg.independent_timelines else None, last_seen=now,
+        )
+        self.clients[identity] = client
+        self.stats.totals["clients_welcomed"] += 1
+        self._send(identity, P.Welcome(
+            client_id=client.client_id, eye_width=client.width, eye_height=client.height, color_codec=color_codec,
+            depth_codec=depth_codec, max_fps=cfg.fps, world=self.world_info,
+            timeline=self._timeline_dict(client, now), world_from_stage=self.world_from_stage,
+            server_time_ns=time.monotonic_ns()))
+
+    def _timeline_of(self, client: ClientState) -> Timeline:
+        return client.timeline if client.timeline is not None else self.timeline
+
+    def _timeline_dict(self, client: ClientState, now: float) -> dict:
+        state = dataclasses.asdict(self._timeline_of(client).state(now))
+        state["bookmarks"] = list(state["bookmarks"])
+        return state
+
+    def _control(self, client: ClientState, msg: P.Control) -> None:
+        client.counters["controls"] += 1
+        if msg.command == "recenter":
+            if client.last_pose is None:
+                self._send(client.identity, P.Error("bad_control", "recenter: no head pose received yet",
+                                                    about="control", seq=msg.seq))
+                return
+            client.recenter = invert_rigid(_recenter_from_head(client.last_pose.head))
+        elif msg.command == "scale":
+            client.scale = float(msg.value)
+        else:
+            command = {"name": msg.command}
+            if msg.value is not None:
+                command["value"] = int(msg.value) if msg.command in ("step", "goto_bookmark") else msg.value
+            try:
+                self._timeline_of(client).apply(command, time.monotonic())
+            except TimelineError as e:
+                self._send(client.identity, P.Error("bad_control", str(e), about="control", seq=msg.seq))
+                return
+        # A control changes what the client sees even if the head is still: re-render its last pose.
+        if client.pending is None and client.last_pose is not None:
+            client.pending, client.pending_received_ns = client.last_pose, time.monotonic_ns()
+
+    # ------------------------------------------------------------------ rendering
+    def world_from_stage_for(self, client: ClientState) -> np.ndarray:
+        """Calibration @ the client's scale @ its recentering (a similarity, stage -> world)."""
+        scale = np.diag([client.scale, client.scale, client.scale, 1.0])
+        return self.world_from_stage @ scale @ client.recenter
+
+    def _render_for(self, client: ClientState) -> None:
+        pose, received_ns = client.pending, client.pending_received_ns
+        client.pending = None
+        now = time.monotonic()
+        client.last_render = now
+        fovs = list(pose.fovs or client.hello.fovs)
+        stage_from_eye = np.stack([e.matrix() for e in pose.eyes])
+        world_from_eye = self.world_from_stage_for(client) @ stage_from_eye
+        scale = np.array([_similarity_scale(m) for m in world_from_eye])
+        world_from_eye[:, :3, :3] /= scale[:, None, None]  # rigid pose for the renderer; depth rescaled below
+        timeline = self._timeline_of(client)
+        tau = timeline.tau(now)
+        t_render = time.monotonic_ns()
+        try:
+            views = self.generator.render_views(world_from_eye, fovs, client.width, client.height, tau)
+            check_views(views, len(fovs), client.width, client.height)
+            t_rendered = time.monotonic_ns()
+            encoded = self.encoder.encode(views.color, views.depth, views.valid if self.config.mask_invalid_depth else None,
+                                          depth_scale=float(scale[0]))
+        except Exception as e:  # noqa: BLE001 - a generator failure must not take the server down
+            self.stats.totals["render_errors"] += 1
+            self._send(client.identity, P.Error("server_error", f"render failed: {type(e).__name__}: {e}", about="pose",
+                                                seq=pose.seq))
+            return
+        t_encoded = time.monotonic_ns()
+        state = timeline.state(now)
+        frame = P.Frame(
+            seq=next(client.frame_seq), pose_seq=pose.seq, tau=tau,
+            eyes=tuple(P.EyeView(e, f) for e, f in zip(pose.eyes, fovs)), width=encoded.width, height=encoded.height,
+            color_codec=encoded.color_codec, depth_codec=encoded.depth_codec, depth_width=encoded.depth_width,
+            depth_height=encoded.depth_height, depth_near=encoded.depth_near, depth_far=encoded.depth_far,
+            color=encoded.color, depth=encoded.depth, timeline={"rate": state.rate, "paused": state.paused},
+            timings={"pose_received_ns": received_ns, "render_start_ns": t_render, "render_end_ns": t_rendered,
+                     "encode_end_ns": t_encoded, "send_ns": time.monotonic_ns()},
+        )
+        if self._send(client.identity, frame):
+            client.counters["frames_sent"] += 1
+            self.stats.totals["frames_sent"] += 1
+            sent = time.monotonic()
+            self.stats.sent_times.append(sent)
+            self.stats.render_ms.append((t_rendered - t_render) / 1e6)
+            self.stats.encode_ms.append((t_encoded - t_rendered) / 1e6)
+            self.stats.latency_ms.append((time.monotonic_ns() - received_ns) / 1e6)
+        else:
+            client.counters["frames_dropped"] += 1
+            self.stats.totals["frames_dropped"] += 1
+
+    def _send(self, identity: bytes, msg: P.Message) -> bool:
+        """Non-blocking send; False (and nothing queued) when the client's pipe is full or gone."""
+        try:
+            self.socket.send_multipart([identity, *P.encode(msg)], flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EHOSTUNREACH:  # peer disconnected: its state goes now
+                self._free(identity, "unreachable")
+                return False
+            raise
+
+    # ------------------------------------------------------------------ housekeeping
+    def _free(self, identity: bytes, reason: str) -> None:
+        if self.clients.pop(identity, None) is not None:
+            self.stats.totals[f"clients_freed_{reason}"] += 1
+
+    def _expire(self, now: float) -> None:
+        for identity, c in list(self.clients.items()):
+            if now - c.last_seen > self.config.client_timeout_s:
+                self._free(identity, "timeout")
+
+    def status(self, now: float | None = None) -> dict:
+        now = time.monotonic() if now is None else now
+        return {"time": time.time(), "clients": len(self.clients), "tau": round(self.timeline.tau(now), 4),
+                **self.stats.snapshot(now)}
+
+    def _report(self, now: float) -> None:
+        if now - self._last_status < self.config.status_interval_s:
+            return
+        self._last_status = now
+        if not (self._status_line or self._stats_file):
+            return
+        s = self.status(now)
+        if self._stats_file:
+            self._stats_file.write(json.dumps(s) + "\n")
+            self._stats_file.flush()
+        if self._status_line:
+            def f(v):
+                return "-" if v is None else f"{v:.1f}"
+
+            line = (f"clients {s['clients']} | {s['fps']:.1f} fps | render {f(s['render_ms_p50'])} ms | "
+                    f"encode {f(s['encode_ms_p50'])} ms | latency p50 {f(s['latency_ms_p50'])} p99 "
+                    f"{f(s['latency_ms_p99'])} ms | dropped {s.get('frames_dropped', 0)} | tau {s['tau']:.2f}")
+            print("\r" + line.ljust(110), end="", file=sys.stderr, flush=True)
