@@ -1,0 +1,152 @@
+"""Frame codec: colour JPEG quality, inverse-depth quantisation bounds, nearest-surface downsampling, sizes."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from gen_server.codec import (
+    Q_MAX, CodecConfig, FrameEncoder, depth_error_bound, dequantize_inverse_depth, downsample_depth, pack_depth,
+    quantize_inverse_depth, unpack_depth,
+)
+from gen_server.protocol import ProtocolError
+from xr_client.frame_decode import decode_color, decode_depth
+
+
+def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Gradients plus a few soft blobs: photographic-ish content JPEG is meant for."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.stack([200 * x + 30, 180 * y + 40, 120 * (1 - x * y) + 60], -1)
+    for _ in range(5):
+        cx, cy, r = rng.uniform(0, 1, 3)
+        img += 40 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (0.02 + 0.05 * r))[..., None] * rng.uniform(-1, 1, 3)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * np.log10(255.0**2 / mse)
+
+
+def test_jpeg_round_trip_psnr_and_size():
+    enc = FrameEncoder(CodecConfig(jpeg_quality=90))
+    color = np.stack([smooth_image(128, 160, 0), smooth_image(128, 160, 1)])
+    depth = np.full((2, 128, 160), 3.0, np.float32)
+    out = enc.encode(color, depth)
+    assert out.backend == "simplejpeg" and (out.width, out.height) == (160, 128)
+    for i in range(2):
+        back = decode_color("jpeg", out.color[i], 160, 128)
+        assert psnr(back, color[i]) > 35.0
+        assert len(out.color[i]) < color[i].nbytes / 8  # it actually compresses
+    low = FrameEncoder(CodecConfig(jpeg_quality=30)).encode(color, depth)
+    assert sum(map(len, low.color)) < sum(map(len, out.color))
+    with pytest.raises(ProtocolError, match="declared"):
+        decode_color("jpeg", out.color[0], 128, 128)
+    with pytest.raises(ProtocolError, match="undecodable"):
+        decode_color("jpeg", b"\xff\xd8garbage", 160, 128)
+
+
+def test_raw_colour_is_exact():
+    color = np.random.default_rng(2).integers(0, 256, (2, 16, 24, 3), dtype=np.uint8)
+    out = FrameEncoder(CodecConfig(color_codec="raw")).encode(color, np.ones((2, 16, 24), np.float32))
+    for i in range(2):
+        np.testing.assert_array_equal(decode_color("raw", out.color[i], 24, 16), color[i])
+
+
+def test_inverse_depth_quantisation_error_bound():
+    near, far = 0.1, 100.0
+    z = np.geomspace(near, far, 20001).astype(np.float32)
+    q = quantize_inverse_depth(z, near, far)
+    assert q.min() == 1 and q.max() == Q_MAX  # the whole code range is used, 0 is reserved
+    back = dequantize_inverse_depth(q, near, far)
+    bound = depth_error_bound(z, near, far)
+    assert np.all(np.abs(back - z) <= bound * 1.001 + 1e-6)
+    # The bound is tight-ish and grows like z^2: ~0.4 mm at 1 m, ~0.8 m at 100 m for this range.
+    assert depth_error_bound(1.0, near, far) == pytest.approx(1.0 * (1 / near - 1 / far) / (2 * (Q_MAX - 1)), rel=1e-3)
+    assert np.abs(back - z).max() > 0.25 * bound.max()
+
+
+def test_invalid_and_out_of_range_depth():
+    near, far = 0.5, 50.0
+    z = np.array([0.0, -1.0, np.nan, np.inf, 0.1, 1e4, 2.0], np.float32)
+    q = quantize_inverse_depth(z, near, far)
+    assert list(q[:4]) == [0, 0, 0, 0]  # no surface
+    back = dequantize_inverse_depth(q, near, far)
+    assert back[4] == pytest.approx(near, rel=1e-4) and back[5] == pytest.approx(far, rel=1e-4)  # clamped
+    assert back[6] == pytest.approx(2.0, abs=depth_error_bound(2.0, near, far) + 1e-6)
+
+
+def test_downsample_keeps_nearest_valid_surface():
+    d = np.array([[5, 5, 2, 0], [5, 1, 0, 0], [3, 3, 4, 4], [3, np.nan, 4, 9]], np.float32)
+    small = downsample_depth(d, 2)
+    np.testing.assert_array_equal(small, [[1, 2], [3, 4]])
+    np.testing.assert_array_equal(downsample_depth(np.zeros((2, 2), np.float32), 2), [[0]])
+    odd = downsample_depth(np.arange(1, 26, dtype=np.float32).reshape(5, 5), 2)
+    assert odd.shape == (3, 3) and odd[2, 2] == 25 and odd[0, 0] == 1
+    # Reference: the loop it replaces.
+    rng = np.random.default_rng(3)
+    d = rng.uniform(0.5, 10, (2, 9, 13)).astype(np.float32)
+    d[rng.random(d.shape) < 0.3] = 0
+    fast = downsample_depth(d, 4)
+    for b in range(2):
+        for i in range(3):
+            for j in range(4):
+                block = d[b, 4 * i:4 * i + 4, 4 * j:4 * j + 4]
+                ref = block[block > 0].min() if np.any(block > 0) else 0
+                assert fast[b, i, j] == ref
+
+
+@pytest.mark.parametrize("codec", ["inv16-zlib", "inv16"])
+def test_depth_payload_round_trip_and_size(codec):
+    y, x = np.mgrid[0:120, 0:160]
+    depth = (2.0 + 0.01 * x + 0.02 * y).astype(np.float32)[None].repeat(2, 0)
+    depth[:, 10:20, 10:30] = 0  # a hole
+    enc = FrameEncoder(CodecConfig(depth_codec=codec, depth_downscale=2, depth_near=0.1, depth_far=100.0))
+    out = enc.encode(np.zeros((2, 120, 160, 3), np.uint8), depth)
+    assert (out.depth_width, out.depth_height) == (80, 60)
+    ref = downsample_depth(depth, 2)
+    for i in range(2):
+        back = decode_depth(codec, out.depth[i], 80, 60, 0.1, 100.0)
+        valid = ref[i] > 0
+        assert np.array_equal(back > 0, valid)
+        assert np.all(np.abs(back[valid] - ref[i][valid]) <= depth_error_bound(ref[i][valid], 0.1, 100.0) * 1.001 + 1e-6)
+        if codec == "inv16-zlib":
+            assert len(out.depth[i]) < 0.5 * 80 * 60 * 2  # a smooth ramp compresses well
+        else:
+            assert len(out.depth[i]) == 80 * 60 * 2
+
+
+def test_depth_scale_converts_world_to_stage_metres():
+    enc = FrameEncoder(CodecConfig(depth_downscale=1))
+    out = enc.encode(np.zeros((1, 8, 8, 3), np.uint8), np.full((1, 8, 8), 6.0, np.float32), depth_scale=3.0)
+    back = decode_depth(out.depth_codec, out.depth[0], 8, 8, out.depth_near, out.depth_far)
+    assert np.abs(back - 2.0).max() <= depth_error_bound(2.0, out.depth_near, out.depth_far) + 1e-6
+
+
+def test_torch_input_matches_numpy_path():
+    rng = np.random.default_rng(5)
+    color = np.stack([smooth_image(64, 64, 3)] * 2)
+    depth = rng.uniform(0.5, 20, (2, 64, 64)).astype(np.float32)
+    valid = rng.random((2, 64, 64)) > 0.2
+    enc = FrameEncoder(CodecConfig(depth_downscale=4))
+    a = enc.encode(color, depth, valid)
+    b = enc.encode(torch.from_numpy(color), torch.from_numpy(depth), torch.from_numpy(valid))
+    assert a.color == b.color
+    assert a.depth == b.depth  # same nearest-surface reduction and quantisation on both paths
+
+
+def test_unpack_rejects_wrong_sizes_and_bombs():
+    q = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    payload = pack_depth(q, "inv16-zlib")
+    np.testing.assert_array_equal(unpack_depth(payload, "inv16-zlib", 4, 3), q)
+    with pytest.raises(ValueError):
+        unpack_depth(payload, "inv16-zlib", 4, 4)
+    bomb = zlib.compress(b"\0" * (50 << 20))  # 50 MiB of zeros in ~50 KiB
+    with pytest.raises(ValueError):
+        unpack_depth(bomb, "inv16-zlib", 64, 64)
+    with pytest.raises(ProtocolError, match="bad depth payload"):
+        decode_depth("inv16", b"\0" * 7, 2, 2, 0.1, 10.0)
