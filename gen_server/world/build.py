@@ -173,16 +173,26 @@ def build_world(input_path: str | Path, out_dir: str | Path, depth_model: str | 
         fuser = WorldFuser(fusion_config, dev)
         writer = None
         bar = tqdm(total=info.frame_count or None, desc="build: depth + fusion", unit="frame", disable=not progress)
-        with torch.inference_mode():
-            for frame in frames:
-                fuser.add(frame)
-                if write_source_video:
-                    writer = writer or _open_video(scratch / SOURCE_VIDEO, frame, info.fps)
-                    writer.write(frame.rgb)
-                bar.update(1)
-            bar.close()
+        try:
+            with torch.inference_mode():
+                for frame in frames:
+                    if fuser.frame_count and frame.size != fuser.image_size:
+                        raise InputError(f"{input_path}: frame {frame.index} is {frame.size[0]}x{frame.size[1]} but "
+                                         f"the first frame is {fuser.image_size[0]}x{fuser.image_size[1]}")
+                    fuser.add(frame)
+                    if write_source_video:
+                        writer = writer or _open_video(scratch / SOURCE_VIDEO, frame, info.fps)
+                        writer.write(_even_crop(frame.rgb))
+                    bar.update(1)
+        except BaseException:
             if writer is not None:
-                writer.close()
+                writer.abort()
+            raise
+        finally:
+            bar.close()
+        if writer is not None:
+            writer.close()
+        with torch.inference_mode():
             if fuser.frame_count == 0:
                 raise InputError(f"{input_path}: no frames")
             source_meta = {
@@ -209,8 +219,17 @@ def build_world(input_path: str | Path, out_dir: str | Path, depth_model: str | 
                         pose_source, str(dev))
 
 
+def _even_crop(rgb: np.ndarray) -> np.ndarray:
+    """H.264 (yuv420p) needs even sizes: drop an odd last row/column (top-left pixels keep their place,
+    so the stored intrinsics stay valid for the video)."""
+    h, w = rgb.shape[:2]
+    return rgb[: h - h % 2, : w - w % 2]
+
+
 def _open_video(path: Path, frame: SourceFrame, fps: float):
     from gen_server.video_io import VideoWriter
 
-    w, h = frame.size
-    return VideoWriter(path, w, h, fps)
+    h, w = _even_crop(frame.rgb).shape[:2]
+    writer = VideoWriter(path, fps, w, h)
+    writer.open()
+    return writer

@@ -10,8 +10,11 @@ neighbour gives one of three verdicts for that point:
 * **no evidence** - the point falls outside the neighbour's image, behind its camera, on a pixel
   without depth, or the neighbour saw something *nearer* (an occluder - not evidence of motion).
 
-A pixel is static when it agrees in at least ``min_static_fraction`` of the neighbours that gave a
-verdict (and when none did); otherwise dynamic. A 3x3 majority filter removes isolated decisions.
+A pixel is dynamic when at least ``min_dynamic_fraction`` of the neighbours that gave a verdict
+disagree; otherwise (and when none gave one) static. Disagreement weighs more than agreement because
+agreement is cheap for a moving object: a uniformly coloured object that moved less than its own size
+still covers much of its old place at a similar depth (the aperture problem), while a static surface
+is rarely seen through. A 3x3 filter removes specks and fills pinholes.
 """
 
 from __future__ import annotations
@@ -33,16 +36,17 @@ class DynamicDetectConfig:
     offsets: tuple[int, ...] = (-4, -2, 2, 4)
     depth_rel_tol: float = 0.03
     color_tol: float = 0.12
-    min_static_fraction: float = 0.5
-    majority_filter: bool = True
+    min_dynamic_fraction: float = 0.34
+    speck_filter: bool = True
 
 
 @dataclass
 class DetectionView:
     """A neighbour frame as the detector sees it, on a pixel grid subsampled by ``stride``.
 
-    Convention: ``depth`` (h, w) z-depth metres (0 = unknown) and ``rgb`` (h, w, 3) float in [0, 1]
-    are the full-resolution images sampled at pixels (stride * j, stride * i); ``intrinsics`` (3, 3)
+    Convention: ``depth`` (h, w) z-depth metres (0 = unknown) and ``rgb`` (h, w, 6) float in [0, 1]
+    (:func:`detection_colors`) are the full-resolution images sampled at pixels (stride * j,
+    stride * i); ``intrinsics`` (3, 3)
     OpenCV for the *full-resolution* image; ``cv_from_world`` (4, 4) OpenCV extrinsics (from
     ``cameras.cv_camera_from_world``).
     """
@@ -54,6 +58,19 @@ class DetectionView:
     stride: int
 
 
+def detection_colors(rgb: torch.Tensor) -> torch.Tensor:
+    """(h, w, 3) float [0, 1] -> (h, w, 6): the colour and the colour blurred by a 3x3 box.
+
+    Colours agree when either pair agrees: the raw pair keeps object edges sharp (no halo of motion
+    around a moving object), the blurred pair keeps aliased high-contrast texture (a checker edge seen at
+    a grazing angle, sampled a fraction of a pixel apart) from reading as motion. A moving object's
+    colour differs in both.
+    """
+    x = torch.nn.functional.pad(rgb.permute(2, 0, 1)[None], (1, 1, 1, 1), mode="replicate")
+    blurred = torch.nn.functional.avg_pool2d(x, 3, stride=1)[0].permute(1, 2, 0)
+    return torch.cat([rgb, blurred], -1).contiguous()
+
+
 def _check(name: str, t: torch.Tensor, shape: tuple) -> None:
     if t.ndim != len(shape) or any(s is not None and a != s for a, s in zip(t.shape, shape)):
         raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
@@ -63,7 +80,8 @@ def neighbour_evidence(points: torch.Tensor, rgb: torch.Tensor, valid: torch.Ten
                        config: DynamicDetectConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """One neighbour's verdict on each point: (agree (h, w) bool, disagree (h, w) bool).
 
-    Convention: ``points`` (h, w, 3) OpenXR world metres, ``rgb`` (h, w, 3) float [0, 1], ``valid``
+    Convention: ``points`` (h, w, 3) OpenXR world metres, ``rgb`` (h, w, 6) from
+    :func:`detection_colors`, ``valid``
     (h, w) bool. The projected position is looked up at the 4 surrounding neighbour pixels, so a
     surface sampled between pixels (or at a silhouette) is not mistaken for motion: it agrees if any
     corner agrees, and disagrees geometrically only if every valid corner is farther.
@@ -78,7 +96,7 @@ def neighbour_evidence(points: torch.Tensor, rgb: torch.Tensor, valid: torch.Ten
     u = (k[0, 0] * cam[..., 0] / zs + k[0, 2]) / view.stride
     v = (k[1, 1] * cam[..., 1] / zs + k[1, 2]) / view.stride
     u0, v0 = torch.floor(u).long(), torch.floor(v).long()
-    depth_flat, rgb_flat = view.depth.reshape(-1), view.rgb.reshape(-1, 3)
+    depth_flat, rgb_flat = view.depth.reshape(-1), view.rgb.reshape(-1, 6)
 
     photo_ok = torch.zeros_like(valid)
     geo_any = torch.zeros_like(valid)
@@ -94,8 +112,9 @@ def neighbour_evidence(points: torch.Tensor, rgb: torch.Tensor, valid: torch.Ten
         ok = inside & (dn > 0)
         rel = (dn - z) / zs
         geo = ok & (rel.abs() <= tol)
-        color_diff = (rgb_flat[idx] - rgb).abs().mean(-1)
-        photo_ok |= geo & (color_diff <= config.color_tol)
+        diff = (rgb_flat[idx] - rgb).abs()
+        color_ok = torch.minimum(diff[..., :3].mean(-1), diff[..., 3:].mean(-1)) <= config.color_tol
+        photo_ok |= geo & color_ok
         geo_any |= geo
         nearer_any |= ok & (rel < -tol)
         ok_any |= ok
@@ -105,10 +124,13 @@ def neighbour_evidence(points: torch.Tensor, rgb: torch.Tensor, valid: torch.Ten
     return photo_ok, disagree
 
 
-def majority_filter(mask: torch.Tensor) -> torch.Tensor:
-    """3x3 majority vote on a (h, w) bool mask (edges padded with 'not set')."""
-    counts = torch.nn.functional.avg_pool2d(mask[None, None].float(), 3, stride=1, padding=1, count_include_pad=True)
-    return counts[0, 0] > 0.5
+def speck_filter(mask: torch.Tensor) -> torch.Tensor:
+    """Clean a (h, w) bool mask in 3x3 windows: drop set pixels with fewer than 3 set in their window
+    (specks, e.g. depth noise), set unset pixels with at least 6 (pinholes). Corners of real regions
+    (4 of 9 set) survive, unlike with a plain majority vote."""
+    counts = torch.nn.functional.avg_pool2d(mask[None, None].float(), 3, stride=1, padding=1,
+                                            count_include_pad=True)[0, 0] * 9
+    return torch.where(mask, counts >= 2.5, counts >= 5.5)
 
 
 def detect_dynamic(points: torch.Tensor, rgb: torch.Tensor, valid: torch.Tensor, neighbours: list[DetectionView],
@@ -117,9 +139,9 @@ def detect_dynamic(points: torch.Tensor, rgb: torch.Tensor, valid: torch.Tensor,
 
     Convention: inputs as in :func:`neighbour_evidence`, on the frame's own detection grid. The
     confidence of a dynamic pixel is the fraction of neighbours with a verdict that disagreed (0.5
-    where only the majority filter made it dynamic).
+    where only the speck filter made it dynamic).
     """
-    _check("rgb", rgb, (points.shape[0], points.shape[1], 3))
+    _check("rgb", rgb, (points.shape[0], points.shape[1], 6))
     _check("valid", valid, (points.shape[0], points.shape[1]))
     agree = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)
     disagree = torch.zeros_like(agree)
@@ -128,8 +150,8 @@ def detect_dynamic(points: torch.Tensor, rgb: torch.Tensor, valid: torch.Tensor,
         agree += a.float()
         disagree += d.float()
     seen = agree + disagree
-    dynamic = valid & (disagree > 0) & (agree < config.min_static_fraction * seen)
-    if config.majority_filter:
-        dynamic = majority_filter(dynamic) & valid
+    dynamic = valid & (disagree > 0) & (disagree >= config.min_dynamic_fraction * seen)
+    if config.speck_filter:
+        dynamic = speck_filter(dynamic) & valid
     confidence = torch.where(seen > 0, disagree / seen.clamp_min(1), torch.zeros_like(seen)).clamp_min(0.5)
     return dynamic, confidence

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from gen_server import cameras
-from gen_server.world.dynamic_detect import DetectionView, DynamicDetectConfig, detect_dynamic
+from gen_server.world.dynamic_detect import DetectionView, DynamicDetectConfig, detect_dynamic, detection_colors
 from gen_server.world.frames import SourceFrame
 from gen_server.world.state import PointLayer, WorldState
 
@@ -218,6 +218,11 @@ class WorldFuser:
     def frame_count(self) -> int:
         return self._count
 
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(width, height) of the frames, once the first has arrived."""
+        return self._size
+
     # -- streaming ----------------------------------------------------------------------------------
     def add(self, frame: SourceFrame) -> None:
         """Take the next frame (must have depth and the same size as the first)."""
@@ -269,7 +274,7 @@ class WorldFuser:
         cv_from_world_np = cameras.cv_camera_from_world(np.asarray(frame.world_from_camera, np.float64))
         cv_from_world = torch.as_tensor(cv_from_world_np, dtype=torch.float32, device=dev)
         world_from_cv = torch.as_tensor(np.linalg.inv(cv_from_world_np), dtype=torch.float32, device=dev)
-        view = DetectionView(depth[::s, ::s].contiguous(), (rgb[::s, ::s] / 255.0).contiguous(), k, cv_from_world, s)
+        view = DetectionView(depth[::s, ::s].contiguous(), detection_colors(rgb[::s, ::s] / 255.0), k, cv_from_world, s)
         return _Prepared(len(self._times), frame, depth, rgb, k, world_from_cv, view)
 
     def _get(self, position: int) -> _Prepared | None:

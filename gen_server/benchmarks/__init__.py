@@ -1,0 +1,1 @@
+"""Benchmark scripts: each prints its numbers together with the machine it ran on (``machine.py``)."""

@@ -1,0 +1,100 @@
+"""Fusion throughput: source frames per second turned into the world state.
+
+RGB-D frames of the synthetic scene are rendered before timing; the timed part is exactly what
+``build_world`` does per frame after decoding: upload, unproject, dynamic detection against the
+neighbour window, voxel merge, dynamic layer extraction, plus the final merge into a WorldState.
+
+    python -m gen_server.benchmarks.build_bench --device cpu [--frames 48] [--width 960] [--height 540]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+def make_frames(frames: int, width: int, height: int, fps: float = 24.0, seed: int = 0) -> list:
+    """RGB-D SourceFrames of the synthetic scene along its camera path."""
+    from gen_server import cameras
+    from gen_server.world.frames import SourceFrame
+    from gen_server.world.synth import SyntheticScene
+
+    scene = SyntheticScene(seed=seed)
+    k = cameras.fov_to_intrinsics(cameras.Fov.symmetric(np.radians(60.0), width / height), width, height)
+    out = []
+    for i in range(frames):
+        t = i / fps
+        pose = scene.camera_path(t)
+        rgb, depth, _ = scene.render(pose, k, width, height, t)
+        out.append(SourceFrame(i, t, rgb, k, pose, depth.astype(np.float32)))
+    return out
+
+
+def run(device: str = "cpu", frames: int = 48, width: int = 960, height: int = 540, repeats: int = 2,
+        quiet: bool = False) -> dict:
+    """Time fusion of ``frames`` synthetic frames; returns (and prints) frames/s and machine info.
+
+    The first pass warms up (allocator, CUDA kernels); the best of ``repeats`` timed passes is reported.
+    """
+    import torch
+
+    from gen_server.benchmarks.machine import describe, machine_info
+    from gen_server.world.fusion import fuse_frames, resolve_device
+
+    dev = resolve_device(device)
+    source = make_frames(frames, width, height)
+    fuse_frames(source[: min(len(source), 12)], 24.0, device=dev)  # warm-up
+    timings, world = [], None
+    for _ in range(repeats):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        world = fuse_frames(source, 24.0, device=dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        timings.append(time.perf_counter() - t0)
+    best = min(timings)
+    info = machine_info(str(dev))
+    result = {
+        "benchmark": "build (fusion)",
+        "device": str(dev),
+        "frames": frames,
+        "width": width,
+        "height": height,
+        "seconds": best,
+        "seconds_all": timings,
+        "frames_per_second": frames / best,
+        "megapixels_per_second": frames * width * height / best / 1e6,
+        "static_points": len(world.static),
+        "dynamic_points": len(world.dynamic),
+        "torch_threads": torch.get_num_threads(),
+        "machine": info,
+    }
+    if not quiet:
+        print(f"build fusion: {frames} frames {width}x{height} on {dev}: {best:.2f} s, "
+              f"{result['frames_per_second']:.1f} source frames/s ({result['megapixels_per_second']:.1f} MP/s); "
+              f"static {result['static_points']:,} points, dynamic {result['dynamic_points']:,}")
+        print(f"machine: {describe(info)}; torch threads {result['torch_threads']}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gen_server.benchmarks.build_bench", description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--frames", type=int, default=48)
+    p.add_argument("--width", type=int, default=960)
+    p.add_argument("--height", type=int, default=540)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--json", action="store_true", help="also print the result dict as JSON")
+    args = p.parse_args(argv)
+    result = run(args.device, args.frames, args.width, args.height, args.repeats)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
