@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from gen_server import cameras
+from gen_server.render.chunks import ChunkBounds, morton_order
 from gen_server.render.holes import push_pull
 from gen_server.render.splat import EMPTY_KEY, PackedPoints, SplatConfig, pack_points, projection_matrices, resolve, splat_into
-from gen_server.world.state import WorldState
+from gen_server.world.state import PointLayer, WorldState
 
 
 @dataclass
@@ -36,6 +37,7 @@ class RenderOutput:
 class RenderConfig:
     splat: SplatConfig = field(default_factory=SplatConfig)
     fill_holes: bool = True
+    cull_chunks: bool = True  # skip static chunks outside every view's frustum (same image either way)
 
 
 def default_device() -> torch.device:
@@ -67,24 +69,54 @@ class Renderer:
         self.world = world
         self.device = torch.device(device) if device is not None else default_device()
         self.config = config or RenderConfig()
-        layers = [world.static, world.dynamic]
+        # Static points in Z-curve order so fixed-size chunks are compact boxes for frustum culling.
+        order = morton_order(world.static.positions)
+        self.static_order = order  # internal static point i is world.static point static_order[i]
+        static = world.static.select(order)
+        self.chunks = ChunkBounds(static.positions)
+        # Pad to whole chunks with NaN points (they fail every depth/frustum test and never land), so the
+        # visible chunks are gathered as contiguous blocks.
+        pad = len(self.chunks) * self.chunks.size - len(static)
+        if pad:
+            nan = PointLayer(np.full((pad, 3), np.nan, np.float32), np.zeros((pad, 3), np.uint8), np.full(pad, 1e-3, np.float32), np.zeros(pad, np.float32))
+            static = PointLayer.concatenate([static, nan])
+        layers = [static, world.dynamic]
         self.points: PackedPoints = pack_points(
             np.concatenate([l.positions for l in layers]),
             np.concatenate([l.colors for l in layers]),
             np.concatenate([l.radii for l in layers]),
             self.device,
         )
-        self._static_count = len(world.static)
+        self._static_count = len(static)
         self._dynamic_offsets = world.dynamic_offsets.astype(np.int64) + self._static_count
+
+    def stored_radii(self) -> np.ndarray:
+        """World radii as the renderer stores them (8-bit quantised), static then dynamic, in the world's
+        point order: what a reference implementation must use to match this renderer exactly."""
+        radii = self.points.radii().cpu().numpy()
+        n = len(self.world.static)
+        static = np.empty(n, np.float32)
+        static[self.static_order] = radii[:n]
+        return np.concatenate([static, radii[self._static_count:]])
 
     # ------------------------------------------------------------------------------------------------
     def _dynamic_slice(self, frame: int) -> slice:
         return slice(int(self._dynamic_offsets[frame]), int(self._dynamic_offsets[frame + 1]))
 
-    def _zbuffer(self, layer_slices: list[slice], proj: torch.Tensor, k: torch.Tensor, width: int, height: int, base: torch.Tensor | None = None) -> torch.Tensor:
+    def _static_selection(self, proj: np.ndarray, width: int, height: int) -> slice | torch.Tensor:
+        """The static points that can land in these views: a slice of all, or the indices of the visible chunks."""
+        cfg = self.config.splat
+        if not self.config.cull_chunks:
+            return slice(0, self._static_count)
+        chunks = self.chunks.visible(proj, width, height, cfg.max_half_px + 0.5, cfg.near)
+        if len(chunks) > 0.8 * len(self.chunks):
+            return slice(0, self._static_count)
+        return torch.from_numpy(chunks).to(self.device)
+
+    def _zbuffer(self, layer_slices: list, proj: torch.Tensor, k: torch.Tensor, width: int, height: int, base: torch.Tensor | None = None) -> torch.Tensor:
         zbuf = base.clone() if base is not None else torch.full((proj.shape[0] * height * width,), EMPTY_KEY, dtype=torch.int64, device=self.device)
         for sl in layer_slices:
-            splat_into(zbuf, self.points, sl, proj, k, width, height, self.config.splat)
+            splat_into(zbuf, self.points, sl, proj, k, width, height, self.config.splat, self.chunks.size)
         return zbuf
 
     def render(self, world_from_camera, intrinsics, width: int, height: int, tau: float) -> RenderOutput:
@@ -102,11 +134,12 @@ class Renderer:
         if not math.isfinite(float(tau)):
             raise ValueError(f"render: tau must be finite, got {tau}")
         width, height, batch = int(width), int(height), len(poses)
-        proj = torch.from_numpy(projection_matrices(cameras.cv_camera_from_world(poses), ks)).to(self.device, torch.float32)
+        proj64 = projection_matrices(cameras.cv_camera_from_world(poses), ks)
+        proj = torch.from_numpy(proj64).to(self.device, torch.float32)
         k = torch.from_numpy(ks).to(self.device, torch.float32)
 
         a, b, w = self.world.frame_at(float(tau))
-        static = slice(0, self._static_count)
+        static = self._static_selection(proj64, width, height)
         if b != a and w > 0.0:
             zstatic = self._zbuffer([static], proj, k, width, height)
             color_a, depth_a, valid_a = resolve(self._zbuffer([self._dynamic_slice(a)], proj, k, width, height, zstatic), self.points)

@@ -114,21 +114,28 @@ def project(xyz: torch.Tensor, proj: torch.Tensor) -> tuple[torch.Tensor, torch.
 def splat_into(
     zbuf: torch.Tensor,
     points: PackedPoints,
-    sl: slice,
+    sel: slice | torch.Tensor,
     proj: torch.Tensor,
     intrinsics: torch.Tensor,
     width: int,
     height: int,
     config: SplatConfig,
+    chunk_size: int = 1,
 ) -> None:
-    """Depth-test points ``sl`` of ``points`` into ``zbuf`` (B*H*W,) int64 in place; ``proj`` (B, 3, 4)
+    """Depth-test points ``sel`` (a slice, or int64 indices of ``chunk_size``-point chunks starting at 0) of ``points`` into ``zbuf`` (B*H*W,) int64 in place; ``proj`` (B, 3, 4)
     from :func:`projection_matrices`, ``intrinsics`` (B, 3, 3) (for the focal lengths).
 
     Convention: each point is a camera-facing square of half-size ``radius * f / z`` pixels (clamped to
     [0.5, max_half_px]); it covers the pixel centres inside it, at the point's centre depth.
     """
-    start = 0 if sl.start is None else sl.start
-    xyz = points.xyz[:, sl]
+    if isinstance(sel, slice):
+        start, ids = (sel.start or 0), None
+        xyz = points.xyz[:, sel]
+    else:  # whole chunks (those that survived frustum culling), gathered as contiguous blocks
+        start = 0
+        chunks = points.xyz.shape[1] // chunk_size
+        xyz = points.xyz[:, : chunks * chunk_size].view(3, chunks, chunk_size).index_select(1, sel).view(3, -1)
+        ids = (sel[:, None] * chunk_size + torch.arange(chunk_size, device=sel.device)).view(-1)
     if xyz.shape[1] == 0:
         return
     u, v, z = project(xyz, proj)
@@ -140,8 +147,9 @@ def splat_into(
     if b_idx.numel() == 0:
         return
     u, v, z = u[b_idx, p_idx], v[b_idx, p_idx], z[b_idx, p_idx]
+    gid = p_idx + start if ids is None else ids[p_idx]
     k = intrinsics[b_idx]
-    radius = points.radii_at(p_idx + start) * config.radius_scale / z
+    radius = points.radii_at(gid) * config.radius_scale / z
     rx = (radius * k[:, 0, 0]).clamp(0.5, config.max_half_px)
     ry = (radius * k[:, 1, 1]).clamp(0.5, config.max_half_px)
     x0 = torch.ceil(u - rx).clamp(min=0)
@@ -150,12 +158,12 @@ def splat_into(
     y1 = torch.floor(v + ry).clamp(max=height - 1)
     keep = (x0 <= x1) & (y0 <= y1)
     if not bool(keep.all()):
-        b_idx, p_idx, z, x0, x1, y0, y1 = (t[keep] for t in (b_idx, p_idx, z, x0, x1, y0, y1))
+        b_idx, gid, z, x0, x1, y0, y1 = (t[keep] for t in (b_idx, gid, z, x0, x1, y0, y1))
     x0, y0 = x0.long(), y0.long()
     nx = x1.long() - x0 + 1
     ny = y1.long() - y0 + 1
     zbits = z.contiguous().view(torch.int32).long()
-    key = (zbits << 32) | (p_idx + start)
+    key = (zbits << 32) | gid
     base = b_idx * (height * width) + y0 * width + x0
     counts = nx * ny
     single = counts == 1
