@@ -28,12 +28,14 @@ import torch
 class DynamicDetectConfig:
     """Thresholds of the consistency test.
 
-    ``offsets`` are neighbour frame offsets (frames before / after); ``depth_rel_tol`` is
+    ``offsets`` are neighbour frame offsets (frames before / after): +-1/6 s and +-1/3 s at 24 fps, wide
+    enough that an object slowing down (a pendulum near its turning point, a ball at the top of a
+    bounce) has still moved off its old place in the outer pair; ``depth_rel_tol`` is
     |d_neighbour - z| / z below which depths agree; ``color_tol`` is the mean absolute RGB difference
     (0..1) below which colours agree.
     """
 
-    offsets: tuple[int, ...] = (-4, -2, 2, 4)
+    offsets: tuple[int, ...] = (-8, -4, 4, 8)
     depth_rel_tol: float = 0.03
     color_tol: float = 0.12
     min_dynamic_fraction: float = 0.34

@@ -15,7 +15,7 @@ Pixel footprint (documented once, used for radii and voxel sizes): a pixel at z-
 ``f = d * max(1/fx, 1/fy)`` metres; a splat covering the whole pixel square has radius
 ``f * sqrt(2) / 2`` (half its diagonal).
 
-Memory (60 s clip at 960x540, 24 fps = 1440 frames): the ring buffer holds 9 frames (~4 MiB each);
+Memory (60 s clip at 960x540, 24 fps = 1440 frames): the ring buffer holds 17 frames (~12 MiB each);
 each static voxel costs 40 bytes (int64 key + 8 float32 sums) plus ~3x that transiently while a
 pending batch (<= ``merge_every`` = 4 M samples, ~200 MiB) is merged; a camera that keeps seeing new
 surface adds at most ~1 voxel per pixel per frame, so 1440 x 518 k = 746 M samples... in practice a
@@ -267,9 +267,9 @@ class WorldFuser:
 
     def _prepare(self, frame: SourceFrame) -> _Prepared:
         dev, s = self.device, self._stride()
-        depth = torch.from_numpy(np.ascontiguousarray(frame.depth, np.float32)).to(dev)
+        depth = torch.from_numpy(np.require(frame.depth, np.float32, ["C", "W"])).to(dev)
         depth = torch.where(torch.isfinite(depth) & (depth > 0), depth, torch.zeros_like(depth))
-        rgb = torch.from_numpy(np.ascontiguousarray(frame.rgb)).to(dev).float()
+        rgb = torch.from_numpy(np.require(frame.rgb, np.uint8, ["C", "W"])).to(dev).float()
         k = torch.as_tensor(np.asarray(frame.intrinsics, np.float64), dtype=torch.float32, device=dev)
         cv_from_world_np = cameras.cv_camera_from_world(np.asarray(frame.world_from_camera, np.float64))
         cv_from_world = torch.as_tensor(cv_from_world_np, dtype=torch.float32, device=dev)
