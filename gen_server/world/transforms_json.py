@@ -66,21 +66,22 @@ def _number(value, where: str) -> float:
     return float(value)
 
 
-def _rigid_pose(value, where: str) -> np.ndarray:
+def validated_pose(value, where: str, name: str = "transform_matrix") -> np.ndarray:
+    """A 4x4 (or 3x4) rigid transform from JSON/text values, or an InputError saying what is wrong."""
     try:
         m = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise InputError(f"{where}: transform_matrix is not a numeric matrix") from None
+        raise InputError(f"{where}: {name} is not a numeric matrix") from None
     if m.shape == (3, 4):
         m = np.vstack([m, [0.0, 0.0, 0.0, 1.0]])
     if m.shape != (4, 4):
-        raise InputError(f"{where}: transform_matrix must be 4x4 (or 3x4), got shape {m.shape}")
+        raise InputError(f"{where}: {name} must be 4x4 (or 3x4), got shape {m.shape}")
     if not np.all(np.isfinite(m)):
-        raise InputError(f"{where}: transform_matrix has non-finite values")
+        raise InputError(f"{where}: {name} has non-finite values")
     r = m[:3, :3]
     if (np.abs(r @ r.T - np.eye(3)).max() > 1e-3 or abs(np.linalg.det(r) - 1.0) > 1e-3
             or np.abs(m[3] - [0, 0, 0, 1]).max() > 1e-6):
-        raise InputError(f"{where}: transform_matrix is not a rigid transform (rotation must be orthonormal, "
+        raise InputError(f"{where}: {name} is not a rigid transform (rotation must be orthonormal, "
                          f"det +1, last row 0 0 0 1)")
     return m
 
@@ -197,7 +198,7 @@ class TransformsJsonSource(FrameSource):
             if abs(img_w / w - img_h / h) > 0.01 * img_w / w:
                 raise InputError(f"{where}: image {image.name} is {img_w}x{img_h} but w/h say {w}x{h}")
             k = cameras.scale_intrinsics(k, img_w / w, img_h / h)
-        pose = _rigid_pose(frame["transform_matrix"], where)
+        pose = validated_pose(frame["transform_matrix"], where)
         time = _number(frame["time"], f"{where}: time") if "time" in frame else None
         depth = mask = None
         if frame.get("depth_file_path") is not None:
@@ -230,11 +231,7 @@ class TransformsJsonSource(FrameSource):
             if raw.ndim != 2:
                 raise InputError(f"{where}: expected a single-channel (16-bit) depth image, got shape {raw.shape}")
             depth = raw.astype(np.float32) * np.float32(self.depth_scale)
-        if np.isnan(depth).any() or np.isinf(depth).any():
-            raise InputError(f"{where}: contains NaN or infinite values (use 0 for unknown depth)")
-        if (depth < 0).any():
-            raise InputError(f"{where}: contains negative depth (use 0 for unknown depth)")
-        return depth
+        return validated_depth(depth, where)
 
     def _out_size(self, e: _FrameEntry) -> tuple[int, int]:
         return output_size(*e.size, self.max_side)
@@ -256,7 +253,7 @@ class TransformsJsonSource(FrameSource):
             if (ow, oh) != e.size:
                 k = cameras.scale_intrinsics(k, ow / e.size[0], oh / e.size[1])
                 if depth is not None:
-                    depth = _nearest_resize(depth, ow, oh)
+                    depth = nearest_resize(depth, ow, oh)
             yield SourceFrame(index=out_index, time=float(e.time), rgb=rgb, intrinsics=k,
                               world_from_camera=e.pose.copy(), depth=depth)
 
@@ -271,10 +268,19 @@ class TransformsJsonSource(FrameSource):
             with Image.open(e.mask) as im:
                 m = np.asarray(im.convert("L")) > 127
             ow, oh = self._out_size(e)
-            yield _nearest_resize(m, ow, oh) if (ow, oh) != e.size else m
+            yield nearest_resize(m, ow, oh) if (ow, oh) != e.size else m
 
 
-def _nearest_resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+def validated_depth(depth: np.ndarray, where: str) -> np.ndarray:
+    """Depth in metres with 0 = unknown; NaN, infinite or negative values are an InputError."""
+    if not np.isfinite(depth).all():
+        raise InputError(f"{where}: contains NaN or infinite values (use 0 for unknown depth)")
+    if (depth < 0).any():
+        raise InputError(f"{where}: contains negative depth (use 0 for unknown depth)")
+    return depth
+
+
+def nearest_resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """Nearest-neighbour resize by pixel centres (never mixes depths across edges)."""
     h, w = image.shape[:2]
     rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
