@@ -80,10 +80,11 @@ def rig(tmp_path_factory):
 
 
 def run_client(root, server: str, seconds: float, stats: str, extra_env: dict | None = None,
-               screenshot_at: float | None = None, feed=None) -> tuple[dict, str, Path | None, RemoteFeeder | None]:
+               screenshot_at: float | None = None, feed=None, extra_args: list[str] | None = None) -> tuple[dict, str, Path | None, RemoteFeeder | None]:
     env = {"PYTHONPATH": "/repo", "XDG_RUNTIME_DIR": xr_root.XDG, "DISPLAY": DISPLAY, **(extra_env or {})}
     client = root.start("client", ["/opt/twvenv/bin/python", "-m", "gen_server.cli", "xr", "--server", server,
-                                   "--seconds", str(seconds), "--eye-scale", "0.25", "--stats", stats, "-v"], env)
+                                   "--seconds", str(seconds), "--eye-scale", "0.25", "--stats", stats, "-v",
+                                   *(extra_args or [])], env)
     shot = None
     feeder = None
     try:
@@ -154,3 +155,73 @@ def test_session_frames_poses_triggers(rig):
     assert left == pytest.approx(-want, abs=0.15), f"left trigger: tau rate {left:.2f}"
     sent = [c[1:3] for c in client["controls_sent"]]
     assert any(c[0] == "rate" and c[1] > 2 for c in sent) and any(c[0] == "rate" and c[1] < -2 for c in sent)
+
+
+def still_then_pause(t: float) -> RigState:
+    """Head still, turned 35 deg left (front and left walls in view); A pressed at 2 s pauses time."""
+    return RigState(yaw=math.radians(35), right=Controller((0.2, 1.2, -0.4), a=2.0 <= t < 2.4))
+
+
+def block_mean(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Area-average an (H, W, 3) image down to (out_h, out_w, 3) (crops the remainder)."""
+    h, w = img.shape[0] // out_h * out_h, img.shape[1] // out_w * out_w
+    return img[:h, :w].astype(np.float64).reshape(out_h, h // out_h, out_w, w // out_w, 3).mean((1, 3))
+
+
+def test_xcb_screenshot_shows_what_the_server_rendered(rig):
+    from gen_server.cameras import Fov
+    from gen_server.protocol import Pose
+    from xr_client.stream_client import StreamClient, StreamConfig
+
+    root, server, logs = rig
+    root.start_monado("xcb", DISPLAY)
+    try:
+        stats, log, shot, _ = run_client(root, server, 9.0, f"{xr_root.RUN}/client_xcb.json", feed=still_then_pause,
+                                         screenshot_at=7.0, extra_args=["--no-hud"])
+    finally:
+        root.stop("monado")
+    assert "FOCUSED" in stats["session"]["states"], log[-3000:]
+    assert any(c[1] == "toggle_pause" for c in stats["client"]["controls_sent"]), "A button did not pause"
+    last = stats["client"]["last_frame"]
+    assert last is not None, log[-3000:]
+
+    # Ask the server (timeline now paused) for exactly the eye poses and FOVs of the frame on screen.
+    w, h = last["size"]
+    fovs = tuple(Fov(*e["fov"]) for e in last["eyes"])
+    eyes = tuple(Pose.from_matrix(np.array(e["pose"])) for e in last["eyes"])
+    with StreamClient(server, StreamConfig(eye_width=w, eye_height=h, fovs=fovs, client_name="xr-e2e-check")) as ref:
+        assert ref.wait_connected(10), "reference client could not connect"
+        seq = ref.send_pose(Pose.from_matrix((np.array(last["eyes"][0]["pose"]) + np.array(last["eyes"][1]["pose"])) / 2),
+                            eyes, fovs=fovs)
+        frame = ref.wait_frame(pose_seq=seq, timeout=30)
+    assert frame is not None, "server sent no reference frame"
+    assert abs(frame.tau - last["tau"]) < 0.05, f"timeline not paused: {frame.tau} vs {last['tau']}"
+
+    screen = xr_root.read_xwd(shot)
+    win = screen[:540, :960]  # Monado's window: 960x540 at the top-left, left eye | right eye
+    halves = [win[:, :480], win[:, 480:]]
+    for eye, half in enumerate(halves):
+        assert half.std() > 20, f"eye {eye} shows a flat colour (mean {half.reshape(-1, 3).mean(0)})"
+        got, want = block_mean(half, 27, 24), block_mean(frame.color[eye], 27, 24)
+        err = np.abs(got - want).mean()
+        corr = np.corrcoef(got.ravel(), want.ravel())[0, 1]
+        assert err < 12 and corr > 0.9, f"eye {eye}: screen vs server render: mean abs error {err:.1f}, corr {corr:.3f}"
+    lr = np.abs(halves[0].astype(int) - halves[1].astype(int)).mean()
+    assert lr > 2.0, f"left and right eye look the same on screen (mean abs diff {lr:.2f})"
+
+
+def test_no_validation_errors(rig):
+    root, server, logs = rig
+    root.start_monado("null")
+    try:
+        stats, log, _, _ = run_client(root, server, 5.0, f"{xr_root.RUN}/client_valid.json", feed=script,
+                                      extra_env={"XR_ENABLE_API_LAYERS": "XR_APILAYER_LUNARG_core_validation"})
+    finally:
+        root.stop("monado")
+    session = stats["session"]
+    assert any("core_validation" in name for name in session["api_layers"]), \
+        f"validation layer not loaded: {session['api_layers']}\n{log[-2000:]}"
+    assert "FOCUSED" in session["states"] and session["frames_submitted"] > 20
+    assert "Core Validation Layer is initialized" in log  # it ran (it says so at debug level) ...
+    bad = [line for line in log.splitlines() if "VALID_ERROR" in line or "VALID_WARNING" in line]  # ... silently
+    assert not bad, "validation layer reported:\n" + "\n".join(bad[:20])

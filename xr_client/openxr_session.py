@@ -88,6 +88,7 @@ class SessionStats:
     depth_submitted: bool = False
     swapchain_size: tuple[int, int] = (0, 0)
     end_reason: str = ""
+    api_layers: list[str] = field(default_factory=list)   # API layer libraries loaded in this process
 
     def summary(self) -> dict:
         dts = np.diff(self.wait_times) if len(self.wait_times) > 2 else np.array([])
@@ -100,7 +101,7 @@ class SessionStats:
             "cpu_ms_p95": float(np.percentile(self.cpu_ms, 95)) if self.cpu_ms else 0.0,
             "runtime": self.runtime, "system": self.system, "backend": self.backend, "space": self.space,
             "depth_submitted": self.depth_submitted, "swapchain_size": list(self.swapchain_size),
-            "end_reason": self.end_reason,
+            "end_reason": self.end_reason, "api_layers": self.api_layers,
         }
 
 
@@ -191,6 +192,7 @@ class XrSession:
                 enabled_extension_names=exts))
         except xr.XrException as e:
             raise XrUnavailable(f"OpenXR runtime refused to start ({type(e).__name__}: {e}); is it running?") from None
+        self.stats.api_layers = loaded_api_layers()
         props = xr.get_instance_properties(self.instance)
         self.stats.runtime = f"{_name(props.runtime_name)} {xr.Version(props.runtime_version)}"
         try:
@@ -438,6 +440,15 @@ class XrSession:
             xr.destroy_instance(self.instance)
         if self._gl is not None:
             self._gl.release()
+
+
+def loaded_api_layers() -> list[str]:
+    """Names of OpenXR API layer libraries mapped into this process (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return sorted({os.path.basename(line.split()[-1]) for line in maps if "XrApiLayer" in line})
+    except OSError:
+        return []
 
 
 def renderer_near(renderer, default: float) -> float:

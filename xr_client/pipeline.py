@@ -164,6 +164,10 @@ class ViewPipeline:
             "latency_ms": {"p50": float(np.nanpercentile(lat, 50)), "p90": float(np.nanpercentile(lat, 90)),
                            "p99": float(np.nanpercentile(lat, 99)), "n": len(self.latencies_ms)},
             "controls_sent": [list(c) for c in self.controls_sent],
+            "last_frame": None if self.frame is None else {
+                "seq": self.frame.seq, "tau": self.frame.tau, "size": [self.frame.width, self.frame.height],
+                "eyes": [{"pose": p.matrix().tolist(), "fov": list(f.as_tuple())}
+                         for p, f in zip(self.frame.poses, self.frame.fovs)]},
         }
 
     def release(self) -> None:

@@ -107,7 +107,8 @@ class XrRoot:
         if compositor == "null":
             env["XRT_COMPOSITOR_NULL"] = "1"
         else:
-            env.update(XRT_COMPOSITOR_FORCE_XCB="1", DISPLAY=display)
+            # Half-size eyes: llvmpipe on a 2-core CI machine, not a headset.
+            env.update(XRT_COMPOSITOR_FORCE_XCB="1", DISPLAY=display, XRT_COMPOSITOR_SCALE_PERCENTAGE="50")
         if framerate:
             env["XRT_COMPOSITOR_DEFAULT_FRAMERATE"] = str(framerate)
         sock = self.host_path(XDG) / "monado_comp_ipc"
