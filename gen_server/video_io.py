@@ -89,7 +89,7 @@ def _rotate(rgb: np.ndarray, rotation: int) -> np.ndarray:
 
 def read_video_frames(
     path: str | os.PathLike, fps: float | None = None, max_side: int | None = 960
-) -> tuple[VideoInfo, Iterator[tuple[float, np.ndarray]]]:
+) -> tuple[VideoInfo, "VideoFrames"]:
     """Open a video and return its :class:`VideoInfo` and an iterator of ``(time_s, rgb (H, W, 3) uint8)``.
 
     ``fps`` None: the source rate capped at 30. Output times are ``k / fps`` from the first frame (time 0);
@@ -138,25 +138,59 @@ def read_video_frames(
         return _rotate(rgb, rotation)
 
     def iterate() -> Iterator[tuple[float, np.ndarray]]:
-        try:
-            t0 = _frame_time(first, 0.0)
-            prev, prev_t = first, 0.0
-            k = 0
-            eps = 1e-6
-            for i, frame in enumerate(frames, start=1):
-                t = _frame_time(frame, t0 + i / source_fps) - t0
-                # Emit every output time whose nearest frame is `prev` (strictly before the midpoint).
-                while k / out_fps < 0.5 * (prev_t + t) - eps:
-                    yield k / out_fps, convert(prev)
-                    k += 1
-                prev, prev_t = frame, t
-            while k / out_fps < prev_t + 0.5 / source_fps - eps:
+        t0 = _frame_time(first, 0.0)
+        prev, prev_t = first, 0.0
+        k = 0
+        eps = 1e-6
+        for i, frame in enumerate(frames, start=1):
+            t = _frame_time(frame, t0 + i / source_fps) - t0
+            # Emit every output time whose nearest frame is `prev` (strictly before the midpoint).
+            while k / out_fps < 0.5 * (prev_t + t) - eps:
                 yield k / out_fps, convert(prev)
                 k += 1
-        finally:
-            container.close()
+            prev, prev_t = frame, t
+        while k / out_fps < prev_t + 0.5 / source_fps - eps:
+            yield k / out_fps, convert(prev)
+            k += 1
 
-    return info, iterate()
+    return info, VideoFrames(iterate(), container)
+
+
+class VideoFrames:
+    """Iterator of (time_s, rgb) that owns the open file: closed when exhausted, on close(), or in a with."""
+
+    def __init__(self, frames: Iterator[tuple[float, np.ndarray]], container):
+        self._frames, self._container = frames, container
+
+    def __iter__(self) -> "VideoFrames":
+        return self
+
+    def __next__(self) -> tuple[float, np.ndarray]:
+        if self._container is None:
+            raise StopIteration
+        try:
+            return next(self._frames)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._frames.close()
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> "VideoFrames":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
 
 
 class VideoWriter:
