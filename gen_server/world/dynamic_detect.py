@@ -59,6 +59,12 @@ class DetectionView:
     cv_from_world: torch.Tensor
     stride: int
 
+    def __post_init__(self) -> None:
+        _check("depth", self.depth, (None, None))
+        _check("rgb", self.rgb, (self.depth.shape[0], self.depth.shape[1], 6))
+        # One gather per lookup fetches depth and both colours: (h * w, 7).
+        self.table = torch.cat([self.depth[..., None], self.rgb], -1).reshape(-1, 7)
+
 
 def detection_colors(rgb: torch.Tensor) -> torch.Tensor:
     """(h, w, 3) float [0, 1] -> (h, w, 6): the colour and the colour blurred by a 3x3 box.
@@ -97,30 +103,23 @@ def neighbour_evidence(points: torch.Tensor, rgb: torch.Tensor, valid: torch.Ten
     k = view.intrinsics
     u = (k[0, 0] * cam[..., 0] / zs + k[0, 2]) / view.stride
     v = (k[1, 1] * cam[..., 1] / zs + k[1, 2]) / view.stride
-    u0, v0 = torch.floor(u).long(), torch.floor(v).long()
-    depth_flat, rgb_flat = view.depth.reshape(-1), view.rgb.reshape(-1, 6)
-
-    photo_ok = torch.zeros_like(valid)
-    geo_any = torch.zeros_like(valid)
-    nearer_any = torch.zeros_like(valid)
-    ok_any = torch.zeros_like(valid)
-    all_farther = torch.ones_like(valid)
+    # The 4 surrounding pixels at once: (4, h, w) indices into the neighbour's packed table.
+    corner_u = torch.floor(u).long()[None] + torch.tensor([0, 1, 0, 1], device=u.device)[:, None, None]
+    corner_v = torch.floor(v).long()[None] + torch.tensor([0, 0, 1, 1], device=u.device)[:, None, None]
+    inside = front[None] & (corner_u >= 0) & (corner_u < w_n) & (corner_v >= 0) & (corner_v < h_n)
+    idx = corner_v.clamp_(0, h_n - 1) * w_n + corner_u.clamp_(0, w_n - 1)
+    seen = view.table[idx]  # (4, h, w, 7): depth, colour, blurred colour
+    ok = inside & (seen[..., 0] > 0)
+    rel = (seen[..., 0] - z) / zs
     tol = config.depth_rel_tol
-    for du, dv in ((0, 0), (1, 0), (0, 1), (1, 1)):
-        ui, vi = u0 + du, v0 + dv
-        inside = front & (ui >= 0) & (ui < w_n) & (vi >= 0) & (vi < h_n)
-        idx = (vi.clamp(0, h_n - 1) * w_n + ui.clamp(0, w_n - 1))
-        dn = depth_flat[idx]
-        ok = inside & (dn > 0)
-        rel = (dn - z) / zs
-        geo = ok & (rel.abs() <= tol)
-        diff = (rgb_flat[idx] - rgb).abs()
-        color_ok = torch.minimum(diff[..., :3].mean(-1), diff[..., 3:].mean(-1)) <= config.color_tol
-        photo_ok |= geo & color_ok
-        geo_any |= geo
-        nearer_any |= ok & (rel < -tol)
-        ok_any |= ok
-        all_farther &= ~ok | (rel > tol)
+    geo = ok & (rel.abs() <= tol)
+    diff = (seen[..., 1:] - rgb).abs()
+    color_ok = torch.minimum(diff[..., :3].sum(-1), diff[..., 3:].sum(-1)) <= 3.0 * config.color_tol
+    photo_ok = (geo & color_ok).any(0)
+    geo_any = geo.any(0)
+    ok_any = ok.any(0)
+    nearer_any = (ok & (rel < -tol)).any(0)
+    all_farther = (~ok | (rel > tol)).all(0)
     # Same depth but another colour, or seen-through everywhere: the point moved.
     disagree = ok_any & ~photo_ok & (geo_any | (all_farther & ~nearer_any))
     return photo_ok, disagree
