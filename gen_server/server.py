@@ -92,21 +92,36 @@ def is_loopback(address: str) -> bool:
         return False  # "*", interface names, hostnames
 
 
+def check_bind_security(cfg: ServerConfig) -> bool:
+    """True when CURVE will be used; InputError when a non-loopback bind has neither keys nor --insecure."""
+    if cfg.keys_dir is not None:
+        return True
+    if not is_loopback(cfg.bind) and not cfg.insecure:
+        raise InputError(f"--bind {cfg.bind}: not loopback, so CURVE keys are required (--keys DIR from "
+                         "`timewalk keys generate DIR`), or --insecure to stream unencrypted")
+    return False
+
+
 def load_world_from_stage(world_dir: Path | None, world=None) -> np.ndarray:
-    """Calibration seam: ``calibration.load_or_auto(world_dir, world)`` when the calibration package
-    provides it, else ``world_from_stage`` from ``WORLD_DIR/calibration.json``, else identity."""
+    """Calibration seam: ``calibration.load_or_auto(world_dir, world)`` (the stored calibration, else
+    the automatic floor/scale/yaw alignment) when the calibration package provides it, else
+    ``world_from_stage`` from ``WORLD_DIR/calibration.json``, else identity."""
     if world_dir is None:
         return np.eye(4)
     try:
-        import calibration  # noqa: PLC0415
-
-        load_or_auto = getattr(calibration, "load_or_auto", None)
-        if load_or_auto is not None:
-            result = load_or_auto(Path(world_dir), world)
-            matrix = getattr(result, "world_from_stage", result)
-            return np.asarray(matrix, np.float64).reshape(4, 4)
+        from calibration import load_or_auto  # noqa: PLC0415 - optional until calibration lands
     except ImportError:
-        pass
+        load_or_auto = None
+    if load_or_auto is not None:
+        try:
+            result = load_or_auto(Path(world_dir), world)
+        except ValueError as e:  # e.g. no floor to align to: serve unaligned rather than not at all
+            print(f"timewalk serve: warning: automatic calibration failed ({e}); using world_from_stage = identity",
+                  file=sys.stderr)
+            return np.eye(4)
+        if getattr(result, "warning", None):
+            print(f"timewalk serve: warning: {result.warning}", file=sys.stderr)
+        return np.asarray(result.world_from_stage, np.float64).reshape(4, 4)
     path = Path(world_dir) / "calibration.json"
     if path.is_file():
         try:
@@ -189,11 +204,8 @@ class StreamServer:
 
     def _make_socket(self) -> zmq.Socket:
         cfg = self.config
-        secure = cfg.keys_dir is not None
+        secure = check_bind_security(cfg)
         if not secure and not is_loopback(cfg.bind):
-            if not cfg.insecure:
-                raise InputError(f"--bind {cfg.bind}: not loopback, so CURVE keys are required (--keys DIR from "
-                                 "`timewalk keys generate DIR`), or --insecure to stream unencrypted")
             print(f"timewalk serve: WARNING: serving {cfg.bind} without encryption or authentication (--insecure)",
                   file=sys.stderr)
         sock = self._ctx.socket(zmq.ROUTER)
@@ -416,6 +428,7 @@ class StreamServer:
                                                 seq=pose.seq))
             return
         t_encoded = time.monotonic_ns()
+        self.stats.totals[f"encoded_{encoded.backend}"] += 1
         state = timeline.state(now)
         frame = P.Frame(
             seq=next(client.frame_seq), pose_seq=pose.seq, tau=tau,

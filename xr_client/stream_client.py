@@ -33,6 +33,11 @@ from gen_server import protocol as P
 from gen_server.cameras import Fov
 from xr_client.frame_decode import DecodedFrame, decode_frame
 
+try:  # numpy-only; the drift-aware, outlier-rejecting fit when the calibration package is installed
+    from calibration.clock_sync import ClockSync
+except ImportError:  # pragma: no cover - client-only installs without calibration/
+    ClockSync = None
+
 
 @dataclass
 class StreamConfig:
@@ -100,7 +105,9 @@ class StreamClient:
         self.welcome: P.Welcome | None = None
         self.last_error: P.Error | None = None
         self.clock_samples: collections.deque = collections.deque(maxlen=64)  # (t0, t1, t2, t3) ns
+        self.clock = ClockSync() if ClockSync is not None else None  # fed from the I/O thread
         self.stats = collections.Counter()
+        self._clock_lock = threading.Lock()
         self._frame_cv = threading.Condition()
         self._undecoded: tuple[P.Frame, int] | None = None
         self._latest: DecodedFrame | None = None
@@ -185,13 +192,26 @@ class StreamClient:
                     return None
                 self._frame_cv.wait(left)
 
-    def clock_offset_ns(self) -> int | None:
-        """server_clock - client_clock estimated from the lowest-round-trip ping (NTP style)."""
-        samples = list(self.clock_samples)
+    def clock_offset_ns(self, client_ns: int | None = None) -> int | None:
+        """server_clock - client_clock (ns) at ``client_ns`` (default now); None before the first pong.
+
+        Uses :class:`calibration.clock_sync.ClockSync` (drift + outlier rejection) when available,
+        else the lowest-round-trip sample (NTP style)."""
+        client_ns = time.monotonic_ns() if client_ns is None else client_ns
+        with self._clock_lock:
+            if self.clock is not None and self.clock.ready:
+                return int(round(self.clock.offset_at(client_ns)))
+            samples = list(self.clock_samples)
         if not samples:
             return None
         t0, t1, t2, t3 = min(samples, key=lambda s: (s[3] - s[0]) - (s[2] - s[1]))
         return ((t1 - t0) + (t2 - t3)) // 2
+
+    def server_time_ns(self, client_ns: int | None = None) -> int | None:
+        """The server's clock reading at client time ``client_ns`` (default now); None before sync."""
+        client_ns = time.monotonic_ns() if client_ns is None else client_ns
+        offset = self.clock_offset_ns(client_ns)
+        return None if offset is None else client_ns + offset
 
     # ------------------------------------------------------------------ internals
     def _forward(self, msg: P.Message) -> None:
@@ -305,7 +325,10 @@ class StreamClient:
                 self._frame_cv.notify_all()
             return welcomed
         if isinstance(msg, P.Pong):
-            self.clock_samples.append((msg.t0_ns, msg.t1_ns, msg.t2_ns, t3))
+            with self._clock_lock:
+                self.clock_samples.append((msg.t0_ns, msg.t1_ns, msg.t2_ns, t3))
+                if self.clock is not None:
+                    self.clock.add_sample(msg.t0_ns, msg.t1_ns, msg.t2_ns, t3)
             return welcomed
         if isinstance(msg, P.Error):
             self.last_error = msg

@@ -47,6 +47,7 @@ def _serve(world_dir, device, static_points, fps, ready, stop) -> None:
     ready.put((server.address, machine_info(device)))
     threading.Thread(target=lambda: (stop.wait(), server.request_stop()), daemon=True).start()
     server.serve_forever()
+    ready.put(server.status())  # render/encode ms and encoder backend as the server saw them
 
 
 def _client_loop(client, seconds: float, rng: np.random.Generator, out: dict, min_frames: int = 0) -> None:
@@ -99,6 +100,8 @@ def run(world_dir_or_none, device: str, width: int, height: int, clients: int, s
         _run_threads(streams, seconds, results)
         for s in streams:
             s.close()
+        stop.set()
+        server_status = ready.get(timeout=60)
     finally:
         stop.set()
         proc.join(timeout=30)
@@ -118,6 +121,10 @@ def run(world_dir_or_none, device: str, width: int, height: int, clients: int, s
         "latency_ms_p50": pct(lat, 50), "latency_ms_p99": pct(lat, 99),
         "server_pose_to_send_ms_p50": pct(srv, 50), "server_pose_to_send_ms_p99": pct(srv, 99),
         "timeouts": sum(r["timeouts"] for r in results),
+        "server_render_ms_p50": server_status.get("render_ms_p50"),
+        "server_encode_ms_p50": server_status.get("encode_ms_p50"),
+        "encoder": [k[len("encoded_"):] for k in server_status if k.startswith("encoded_")],
+        "frames_dropped": server_status.get("frames_dropped", 0),
     }
 
 
@@ -145,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(r))
         print(f"serve: {n} client(s) at 2x{args.width}x{args.height}: {r['fps_per_client_min']:.1f} fps/client "
               f"(total {r['fps_total']:.1f}), pose->decoded p50 {r['latency_ms_p50']} / p99 {r['latency_ms_p99']} ms, "
-              f"server pose->send p99 {r['server_pose_to_send_ms_p99']} ms — {r['machine']}", flush=True)
+              f"server pose->send p99 {r['server_pose_to_send_ms_p99']} ms (render {r['server_render_ms_p50']} + "
+              f"encode {r['server_encode_ms_p50']} ms, {'/'.join(r['encoder'])}) — {r['machine']}", flush=True)
     return 0
 
 

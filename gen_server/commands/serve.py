@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
     from gen_server.codec import CodecConfig
     from gen_server.errors import InputError
     from gen_server.generators import GENERATORS, make_generator
-    from gen_server.server import ServerConfig, StreamServer, load_world_from_stage
+    from gen_server.server import ServerConfig, StreamServer, check_bind_security, load_world_from_stage
     from gen_server.world.store import load_world
 
     if args.fps <= 0:
@@ -48,13 +48,14 @@ def main(argv: list[str]) -> int:
         raise InputError(f"--depth-downscale: must be >= 1, got {args.depth_downscale}")
     if args.generator not in GENERATORS:
         raise InputError(f"--generator: unknown {args.generator!r} (choices: {', '.join(sorted(GENERATORS))})")
-    world = load_world(args.world)
     config = ServerConfig(
         bind=args.bind, fps=args.fps, width=args.width, height=args.height,
         independent_timelines=args.independent_timelines, end_mode=args.end_mode, keys_dir=args.keys,
         insecure=args.insecure, stats_path=args.stats, client_timeout_s=args.client_timeout,
         codec=CodecConfig(jpeg_quality=args.jpeg_quality, depth_downscale=args.depth_downscale),
     )
+    check_bind_security(config)  # before the (slow) world load: a refused bind fails at once
+    world = load_world(args.world)
     generator = make_generator(args.generator, world, device=args.device)
     server = StreamServer(generator, world_info(world, args.world), config, load_world_from_stage(args.world, world))
     for sig in (signal.SIGINT, signal.SIGTERM):
