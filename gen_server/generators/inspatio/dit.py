@@ -114,18 +114,23 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(cfg.dim, cfg.eps), RMSNorm(cfg.dim, cfg.eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache_k: torch.Tensor,
-                cache_v: torch.Tensor, write_at: int) -> torch.Tensor:
-        """x (B,N,C); writes this chunk's K/V at [write_at, write_at+N) and attends to cache[:write_at+N]."""
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x (B,N,C) -> roped q, k and v, each (B, heads, N, head_dim)."""
         b, n, _ = x.shape
         q = apply_rope(self.norm_q(self.q(x)).view(b, n, self.heads, self.head_dim), cos, sin)
         k = apply_rope(self.norm_k(self.k(x)).view(b, n, self.heads, self.head_dim), cos, sin)
         v = self.v(x).view(b, n, self.heads, self.head_dim)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    @staticmethod
+    def attend(q, k, v, cache_k: torch.Tensor, cache_v: torch.Tensor, write_at: int) -> torch.Tensor:
+        """Write k/v (B,H,N,D) at [write_at, write_at+N) of the cache, attend to cache[:write_at+N] -> (B,N,C)."""
+        b, h, n, d = q.shape
         end = write_at + n
-        cache_k[:, :, write_at:end] = k.transpose(1, 2)
-        cache_v[:, :, write_at:end] = v.transpose(1, 2)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), cache_k[:, :, :end], cache_v[:, :, :end])
-        return self.o(out.transpose(1, 2).reshape(b, n, -1))
+        cache_k[:, :, write_at:end] = k
+        cache_v[:, :, write_at:end] = v
+        out = F.scaled_dot_product_attention(q, cache_k[:, :, :end], cache_v[:, :, :end])
+        return out.transpose(1, 2).reshape(b, n, h * d)
 
 
 class CrossAttention(nn.Module):
@@ -162,13 +167,23 @@ class DiTBlock(nn.Module):
                                  nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / math.sqrt(cfg.dim))
 
-    def forward(self, x, e6, cos, sin, cache_k, cache_v, write_at: int, text_k, text_v):
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + e6).chunk(6, dim=1)
-        y = self.self_attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, cache_k, cache_v, write_at)
-        x = x + y * gate1
+    # pre_attention / post_attention are pure tensor functions (what torch.compile compiles, once for all
+    # layers); the KV-cache write and self-attention between them stay outside compiled graphs.
+    def pre_attention(self, x, e6, cos, sin):
+        shift1, scale1 = (self.modulation[:, :2] + e6[:, :2]).chunk(2, dim=1)
+        return self.self_attn.project(self.norm1(x) * (1 + scale1) + shift1, cos, sin)
+
+    def post_attention(self, x, attn, e6, text_k, text_v):
+        gate1, shift2, scale2, gate2 = (self.modulation[:, 2:] + e6[:, 2:]).chunk(4, dim=1)
+        x = x + self.self_attn.o(attn) * gate1
         x = x + self.cross_attn(self.norm3(x), text_k, text_v)
         y = self.ffn(self.norm2(x) * (1 + scale2) + shift2)
         return x + y * gate2
+
+    def forward(self, x, e6, cos, sin, cache_k, cache_v, write_at: int, text_k, text_v):
+        q, k, v = self.pre_attention(x, e6, cos, sin)
+        attn = SelfAttention.attend(q, k, v, cache_k, cache_v, write_at)
+        return self.post_attention(x, attn, e6, text_k, text_v)
 
 
 class Head(nn.Module):
