@@ -176,3 +176,17 @@ def test_synth_command(tmp_path, capsys):
     assert json.loads((tmp_path / "c" / "scene.json").read_text())["seed"] == 3
     assert cli_main(["synth", str(tmp_path / "c"), "--width", "32", "--height", "24"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_bounding_sphere_culling_matches_brute_force(scene, monkeypatch):
+    """Fast path (rays pre-tested against bounding spheres) == every ray against every primitive."""
+    from gen_server.world import synth
+
+    k = scene.default_intrinsics(W, H)
+    views = [(scene.camera_path(1.3), 1.3), (cameras.look_at([0.2, 1.0, -1.8], [0.0, 2.0, -2.6]), 0.4)]
+    fast = [scene.render(p, k, W, H, t) for p, t in views]
+    monkeypatch.setattr(synth, "_rays_near", lambda *args: None)
+    slow = [scene.render(p, k, W, H, t) for p, t in views]
+    for a, b in zip(fast, slow):
+        for x, y in zip(a, b):
+            assert np.array_equal(x, y)

@@ -93,6 +93,10 @@ class Primitive:
         """Texture coordinates that move with the object."""
         return p
 
+    def bounding_sphere(self) -> tuple[np.ndarray, float] | None:
+        """(centre, radius) enclosing the primitive, to skip rays that cannot hit it; None = unbounded test."""
+        return None
+
     def describe(self) -> dict:
         raise NotImplementedError  # pragma: no cover
 
@@ -158,6 +162,9 @@ class Box(Primitive):
     def local(self, p):
         return p - np.asarray(self.center)
 
+    def bounding_sphere(self):
+        return np.asarray(self.center, np.float64), float(np.linalg.norm(self.half))
+
     def describe(self):
         return {"name": self.name, "type": "box", "center": list(self.center), "half_size": list(self.half)}
 
@@ -183,6 +190,9 @@ class Sphere(Primitive):
 
     def local(self, p):
         return p - np.asarray(self.center)
+
+    def bounding_sphere(self):
+        return np.asarray(self.center, np.float64), float(self.radius)
 
     def describe(self):
         return {"name": self.name, "type": "sphere", "center": list(self.center), "radius": self.radius}
@@ -236,6 +246,10 @@ class Cylinder(Primitive):
 
     def local(self, p):
         return p - np.asarray(self.a)
+
+    def bounding_sphere(self):
+        a, b, _, length = self._axis()
+        return 0.5 * (a + b), float(np.hypot(0.5 * length, self.radius))
 
     def describe(self):
         return {"name": self.name, "type": "cylinder", "a": list(self.a), "b": list(self.b), "radius": self.radius}
@@ -457,10 +471,16 @@ class SyntheticScene:
         prims = self.primitives(t)
         best_t = np.full(len(d), np.inf)
         best_id = np.full(len(d), -1)
+        dd = np.einsum("ij,ij->i", d, d)
         for i, prim in enumerate(prims):
-            ti = prim.intersect(o, d)
-            closer = ti < best_t
-            best_t[closer], best_id[closer] = ti[closer], i
+            rays = _rays_near(o, d, dd, prim.bounding_sphere())
+            ti = prim.intersect(o, d if rays is None else d[rays])
+            if rays is None:
+                closer = ti < best_t
+                best_t[closer], best_id[closer] = ti[closer], i
+            else:
+                closer = ti < best_t[rays]
+                best_t[rays[closer]], best_id[rays[closer]] = ti[closer], i
 
         color = np.zeros((len(d), 3))
         color[best_id < 0] = (0.62, 0.75, 0.92)  # sky
@@ -476,6 +496,16 @@ class SyntheticScene:
         dynamic_ids = [i for i, p in enumerate(prims) if p.dynamic]
         mask = np.isin(best_id, dynamic_ids).reshape(height, width)
         return rgb, depth, mask
+
+
+def _rays_near(o: np.ndarray, d: np.ndarray, dd: np.ndarray, sphere) -> np.ndarray | None:
+    """Indices of rays that pass within a bounding sphere (a conservative pre-test), None = all rays."""
+    if sphere is None:
+        return None
+    centre, radius = sphere
+    oc = o - centre
+    b = d @ oc
+    return np.nonzero(b * b - dd * (oc @ oc - (radius * 1.001) ** 2) >= 0)[0]
 
 
 class SyntheticSource(FrameSource):
