@@ -51,7 +51,7 @@ def frame():
 
 
 def test_metric_model_gives_metres(models, frame):
-    md = MonocularDepth(models["metric"])
+    md = MonocularDepth(models["metric"], device=None)  # None: cuda if available, else cpu
     assert md.metric and "metric" in md.describe()["output"]
     depth = md.predict(frame)
     assert depth.shape == frame.shape[:2] and depth.dtype == np.float32

@@ -35,9 +35,10 @@ class MonocularDepth:
 
     ``metric``: None = decide from the config/name (:func:`is_metric_model`); True/False to override.
     ``scale``: for relative models only, the metres the median pixel is placed at.
+    ``device``: a torch device string; None = "cuda" when available, else "cpu".
     """
 
-    def __init__(self, model: str, device: str = "cpu", metric: bool | None = None, scale: float = 1.0):
+    def __init__(self, model: str, device: str | None = "cpu", metric: bool | None = None, scale: float = 1.0):
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
         if not scale > 0:
@@ -48,6 +49,8 @@ class MonocularDepth:
         except (OSError, ValueError, KeyError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise InputError(f"{model}: cannot load a transformers depth model ({first})") from None
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.name, self.device, self.scale = model, torch.device(device), float(scale)
         self.model.to(self.device).eval()
         self.metric = is_metric_model(self.model.config, model) if metric is None else bool(metric)
