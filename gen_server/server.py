@@ -56,6 +56,7 @@ class ServerConfig:
     status_interval_s: float = 1.0
     status_line: bool | None = None  # None: only on a TTY
     mask_invalid_depth: bool = False  # send 0 (no surface) where the renderer only hole-filled
+    max_batch_clients: int = 4  # clients whose eyes are rendered in one generator call
 
 
 @dataclass
@@ -281,9 +282,10 @@ class StreamServer:
         if self.socket.poll(self._poll_timeout_ms(), zmq.POLLIN):
             self._drain()
         now = time.monotonic()
-        for client in sorted(self.clients.values(), key=lambda c: c.last_render):
-            if client.pending is not None and now - client.last_render >= 1.0 / self.config.fps:
-                self._render_for(client)
+        due = [c for c in sorted(self.clients.values(), key=lambda c: c.last_render)
+               if c.pending is not None and now - c.last_render >= 1.0 / self.config.fps]
+        if due:
+            self._render_due(due)
         self._expire(time.monotonic())
         self._report(time.monotonic())
 
@@ -403,49 +405,83 @@ class StreamServer:
         scale = np.diag([client.scale, client.scale, client.scale, 1.0])
         return self.world_from_stage @ scale @ client.recenter
 
-    def _render_for(self, client: ClientState) -> None:
-        pose, received_ns = client.pending, client.pending_received_ns
-        client.pending = None
+    def _render_due(self, clients: list[ClientState]) -> None:
+        """Render every due client; clients sharing a timeline and eye size go through the generator in
+        one batch (one splat pass for all their eyes), up to ``max_batch_clients`` at a time."""
+        groups: dict[tuple, list[ClientState]] = {}
+        for c in clients:
+            groups.setdefault((id(self._timeline_of(c)), c.width, c.height), []).append(c)
+        cap = max(1, self.config.max_batch_clients)
+        for group in groups.values():
+            for i in range(0, len(group), cap):
+                self._render_batch(group[i:i + cap])
+
+    def _render_batch(self, clients: list[ClientState]) -> None:
         now = time.monotonic()
-        client.last_render = now
-        fovs = list(pose.fovs or client.hello.fovs)
-        stage_from_eye = np.stack([e.matrix() for e in pose.eyes])
-        world_from_eye = self.world_from_stage_for(client) @ stage_from_eye
-        scale = np.array([_similarity_scale(m) for m in world_from_eye])
-        world_from_eye[:, :3, :3] /= scale[:, None, None]  # rigid pose for the renderer; depth rescaled below
-        timeline = self._timeline_of(client)
+        jobs = []  # (client, pose, received_ns, fovs, scale)
+        poses_world, fovs_all = [], []
+        for client in clients:
+            pose, received_ns = client.pending, client.pending_received_ns
+            client.pending, client.last_render = None, now
+            fovs = list(pose.fovs or client.hello.fovs)
+            stage_from_eye = np.stack([e.matrix() for e in pose.eyes])
+            world_from_eye = self.world_from_stage_for(client) @ stage_from_eye
+            scale = np.array([_similarity_scale(m) for m in world_from_eye])
+            world_from_eye[:, :3, :3] /= scale[:, None, None]  # rigid pose for the renderer; depth rescaled below
+            jobs.append((client, pose, received_ns, fovs, float(scale[0])))
+            poses_world.append(world_from_eye)
+            fovs_all += fovs
+        first = clients[0]
+        timeline = self._timeline_of(first)
         tau = timeline.tau(now)
+        state = timeline.state(now)
         t_render = time.monotonic_ns()
         try:
-            views = self.generator.render_views(world_from_eye, fovs, client.width, client.height, tau)
-            check_views(views, len(fovs), client.width, client.height)
-            t_rendered = time.monotonic_ns()
-            encoded = self.encoder.encode(views.color, views.depth, views.valid if self.config.mask_invalid_depth else None,
-                                          depth_scale=float(scale[0]))
+            views = self.generator.render_views(np.concatenate(poses_world), fovs_all, first.width, first.height, tau)
+            check_views(views, len(fovs_all), first.width, first.height)
         except Exception as e:  # noqa: BLE001 - a generator failure must not take the server down
             self.stats.totals["render_errors"] += 1
-            self._send(client.identity, P.Error("server_error", f"render failed: {type(e).__name__}: {e}", about="pose",
-                                                seq=pose.seq))
+            for client, pose, *_ in jobs:
+                self._send(client.identity, P.Error("server_error", f"render failed: {type(e).__name__}: {e}",
+                                                    about="pose", seq=pose.seq))
             return
-        t_encoded = time.monotonic_ns()
-        self.stats.totals[f"encoded_{encoded.backend}"] += 1
-        state = timeline.state(now)
+        t_rendered = time.monotonic_ns()
+        self.stats.render_ms.append((t_rendered - t_render) / 1e6)
+        offset = 0
+        for client, pose, received_ns, fovs, scale in jobs:
+            views_of = slice(offset, offset + len(fovs))
+            offset += len(fovs)
+            t_encode = time.monotonic_ns()
+            try:
+                encoded = self.encoder.encode(
+                    views.color[views_of], views.depth[views_of],
+                    views.valid[views_of] if self.config.mask_invalid_depth else None, depth_scale=scale)
+            except Exception as e:  # noqa: BLE001
+                self.stats.totals["encode_errors"] += 1
+                self._send(client.identity, P.Error("server_error", f"encode failed: {type(e).__name__}: {e}",
+                                                    about="pose", seq=pose.seq))
+                continue
+            t_encoded = time.monotonic_ns()
+            self.stats.totals[f"encoded_{encoded.backend}"] += 1
+            self.stats.encode_ms.append((t_encoded - t_encode) / 1e6)
+            self._send_frame(client, pose, received_ns, fovs, tau, state, encoded,
+                             {"pose_received_ns": received_ns, "render_start_ns": t_render, "render_end_ns": t_rendered,
+                              "encode_start_ns": t_encode, "encode_end_ns": t_encoded})
+
+    def _send_frame(self, client, pose, received_ns, fovs, tau, state, encoded, timings) -> None:
+        timings["send_ns"] = time.monotonic_ns()
         frame = P.Frame(
             seq=next(client.frame_seq), pose_seq=pose.seq, tau=tau,
             eyes=tuple(P.EyeView(e, f) for e, f in zip(pose.eyes, fovs)), width=encoded.width, height=encoded.height,
             color_codec=encoded.color_codec, depth_codec=encoded.depth_codec, depth_width=encoded.depth_width,
             depth_height=encoded.depth_height, depth_near=encoded.depth_near, depth_far=encoded.depth_far,
             color=encoded.color, depth=encoded.depth, timeline={"rate": state.rate, "paused": state.paused},
-            timings={"pose_received_ns": received_ns, "render_start_ns": t_render, "render_end_ns": t_rendered,
-                     "encode_end_ns": t_encoded, "send_ns": time.monotonic_ns()},
+            timings=timings,
         )
         if self._send(client.identity, frame):
             client.counters["frames_sent"] += 1
             self.stats.totals["frames_sent"] += 1
-            sent = time.monotonic()
-            self.stats.sent_times.append(sent)
-            self.stats.render_ms.append((t_rendered - t_render) / 1e6)
-            self.stats.encode_ms.append((t_encoded - t_rendered) / 1e6)
+            self.stats.sent_times.append(time.monotonic())
             self.stats.latency_ms.append((time.monotonic_ns() - received_ns) / 1e6)
         else:
             client.counters["frames_dropped"] += 1

@@ -371,3 +371,39 @@ def test_clock_sync_samples(server):
         assert abs(client.clock_offset_ns()) < 20_000_000  # same host: offset ~0 within RTT/2
     finally:
         client.close()
+
+
+def test_clients_on_one_timeline_render_in_one_batch():
+    """Driven step by step (no server thread): two clients' poses pending together -> one generator call
+    with all four eyes, and each client gets the frame for its own eyes."""
+    server = make_server(fps=1000.0)
+    a, b = raw_dealer(server.address), raw_dealer(server.address)
+    try:
+        for sock in (a, b):
+            sock.send_multipart(P.encode(P.Hello(64, 64, (FOV, FOV))))
+        deadline = time.monotonic() + 5
+        while len(server.clients) < 2 and time.monotonic() < deadline:
+            server.step()
+        assert isinstance(recv_msg(a), P.Welcome) and isinstance(recv_msg(b), P.Welcome)
+        poses = {a: eyes_at(-0.5), b: eyes_at(0.6)}
+        for sock, (head, eyes) in poses.items():
+            sock.send_multipart(P.encode(P.PoseUpdate(1, head, eyes)))
+        time.sleep(0.2)  # both poses are waiting in the socket
+        calls_before = len(server.generator.calls)
+        server.step()
+        calls = server.generator.calls[calls_before:]
+        assert len(calls) == 1 and len(calls[0][0]) == 4  # one batch of 2 clients x 2 eyes
+        for sock, (head, eyes) in poses.items():
+            frame = recv_msg(sock)
+            assert isinstance(frame, P.Frame) and frame.eyes[0].pose == eyes[0]
+            from xr_client.frame_decode import decode_frame
+
+            decoded = decode_frame(frame)
+            for i in range(2):
+                expect = painted_color(eyes[i].matrix()).astype(int)
+                assert np.abs(decoded.color[i].astype(int) - expect).max() <= 3
+    finally:
+        a.close()
+        b.close()
+        server.request_stop()
+        server.serve_forever()  # returns at once (stop set) and shuts down
