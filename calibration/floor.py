@@ -22,7 +22,7 @@ class FloorConfig:
     max_tilt_deg: float = 30.0
     min_inliers: int = 50
     max_points: int = 200_000
-    refine_rounds: int = 3
+    refine_rounds: int = 4
     seed: int = 0
 
 
@@ -111,14 +111,20 @@ def fit_floor(points: np.ndarray, up: np.ndarray, camera_positions: np.ndarray,
     counts = np.array([(np.abs(pts @ n + d) <= threshold).sum() for n, d in zip(normals, offsets)])
     best = int(np.argmax(counts))
     n, d = normals[best], float(offsets[best])
+    band = threshold
     for _ in range(cfg.refine_rounds):
-        inl = np.abs(pts @ n + d) <= threshold
+        resid = np.abs(pts @ n + d)
+        inl = resid <= band
         if inl.sum() < 3:
             break
         n, d = _refit(pts[inl])
         if n @ up < 0:
             n, d = -n, -d
-    count = int((np.abs(pts @ n + d) <= threshold).sum())
+        # Narrow the band to the floor's own spread (3 robust sigmas) so that the feet of walls and
+        # objects standing on it stop pulling the fit; never wider than the RANSAC threshold.
+        spread = 3.0 * 1.4826 * float(np.median(np.abs(pts[inl] @ n + d)))
+        band = float(np.clip(spread, 0.05 * threshold, threshold))
+    count = int((np.abs(pts @ n + d) <= threshold).sum())  # reported against the RANSAC threshold
     if count < cfg.min_inliers:
         raise ValueError(f"fit_floor: best plane has only {count} inliers (need {cfg.min_inliers})")
     return FloorPlane(normal=n, offset=d, inliers=count, inlier_threshold=threshold)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 
@@ -52,7 +53,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from calibration import adjust
     from calibration.auto_align import AutoAlignConfig, auto_calibration
-    from calibration.store import calibration_path, load_calibration, save_calibration
+    from calibration.store import CalibrationFileError, calibration_path, load_calibration, save_calibration
     from gen_server.errors import InputError
     from gen_server.world.store import load_world
 
@@ -63,7 +64,13 @@ def main(argv: list[str]) -> int:
     path = calibration_path(args.world)
     if not args.world.is_dir():
         raise InputError(f"{args.world}: not a world directory")
-    stored = load_calibration(args.world)  # a damaged file -> one-line error naming it
+    try:
+        stored = load_calibration(args.world)  # a damaged file -> one-line error naming it ...
+    except CalibrationFileError as e:
+        if not (args.auto or args.reset):
+            raise InputError(f"{e}; `timewalk calibrate {args.world} --reset` replaces it") from None
+        print(f"timewalk calibrate: warning: {e}; replacing it", file=sys.stderr)  # ... unless replacing it
+        stored = None
     cfg = AutoAlignConfig(camera_height=args.camera_height,
                           known_distance=None if args.distance is None else
                           (tuple(args.distance[:3]), tuple(args.distance[3:6]), args.distance[6]))
