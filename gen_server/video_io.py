@@ -81,6 +81,19 @@ def _decoded(container, stream, path: Path) -> Iterator:
         raise InputError(f"{path}: video data is damaged or truncated ({e})") from None
 
 
+def _display_rotation(frame, stream) -> int:
+    """Counter-clockwise degrees (0/90/180/270) to apply for display: the display matrix when present, else
+    a legacy ``rotate`` tag (ffmpeg's old convention: clockwise degrees)."""
+    degrees = float(getattr(frame, "rotation", 0) or 0)
+    if degrees == 0:
+        tags = {k.lower(): v for k, v in (stream.metadata or {}).items()}
+        try:
+            degrees = -float(tags.get("rotate", 0))
+        except ValueError:
+            degrees = 0.0
+    return int(round(degrees / 90.0)) * 90 % 360
+
+
 def _rotate(rgb: np.ndarray, rotation: int) -> np.ndarray:
     # Display-matrix rotation is counter-clockwise, as is np.rot90 for positive k.
     k = (rotation // 90) % 4
@@ -110,8 +123,7 @@ def read_video_frames(
         out_fps = float(fps) if fps else min(source_fps, DEFAULT_MAX_FPS)
         if not (math.isfinite(out_fps) and out_fps > 0):
             raise InputError(f"{path}: invalid target fps {fps!r}")
-        rotation = int(round(getattr(first, "rotation", 0) or 0)) % 360
-        rotation = int(round(rotation / 90.0)) * 90 % 360
+        rotation = _display_rotation(first, stream)
         sw, sh = first.width, first.height
         dw, dh = (sh, sw) if rotation in (90, 270) else (sw, sh)  # displayed size
         out_w, out_h = output_size(dw, dh, max_side)

@@ -106,6 +106,25 @@ def test_rotation_metadata_applied(tmp_path, degrees, corner):
             assert px[0] < 60, (name, px)
 
 
+def test_legacy_rotate_tag(tmp_path):
+    """No display matrix, only an old-style clockwise 'rotate' tag (kept by Matroska): still applied."""
+    path = tmp_path / "tag.mkv"
+    frame = np.zeros((32, 64, 3), np.uint8)
+    frame[:8, :8] = (255, 0, 0)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=Fraction(24))
+        s.width, s.height, s.pix_fmt = 64, 32, "yuv420p"
+        s.metadata["rotate"] = "90"
+        for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    info, it = read_video_frames(path)
+    _, f = next(it)
+    assert info.rotation == 270 and f.shape == (64, 32, 3)
+    assert f[2, 29, 0] > 200 and f[2, 2, 0] < 60  # clockwise: top-left corner -> top-right
+
+
 def test_writer_is_atomic(tmp_path):
     out = tmp_path / "x.mp4"
     with pytest.raises(RuntimeError):
