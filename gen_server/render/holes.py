@@ -27,11 +27,11 @@ def push_pull(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """
     if values.ndim != 4 or valid.shape != (values.shape[0],) + values.shape[2:]:
         raise ValueError(f"push_pull: expected values (B,C,H,W) and valid (B,H,W), got {tuple(values.shape)} {tuple(valid.shape)}")
-    if bool(valid.all()):
-        return values
     weight = valid[:, None].to(values.dtype)
     levels = [(values, weight)]
-    while min(levels[-1][0].shape[-2:]) > 1 and bool((levels[-1][1] < 1).any()):
+    # A fixed number of levels (down to 1 pixel) rather than "until no holes": no host syncs, and the
+    # coarse levels cost almost nothing.
+    while min(levels[-1][0].shape[-2:]) > 1:
         levels.append(_push(*levels[-1]))
     filled = levels[-1][0]
     for vals, w in reversed(levels[:-1]):

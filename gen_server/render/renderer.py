@@ -16,7 +16,7 @@ import torch
 from gen_server import cameras
 from gen_server.render.chunks import ChunkBounds, morton_order
 from gen_server.render.holes import push_pull
-from gen_server.render.splat import EMPTY_KEY, PackedPoints, SplatConfig, pack_points, projection_matrices, resolve, splat_into
+from gen_server.render.splat import EMPTY_KEY, PackedPoints, SplatConfig, pack_points, projection_matrices, resolve_planes, splat_into
 from gen_server.world.state import PointLayer, WorldState
 
 
@@ -142,22 +142,15 @@ class Renderer:
         static = self._static_selection(proj64, width, height)
         if b != a and w > 0.0:
             zstatic = self._zbuffer([static], proj, k, width, height)
-            color_a, depth_a, valid_a = resolve(self._zbuffer([self._dynamic_slice(a)], proj, k, width, height, zstatic), self.points)
-            color_b, depth_b, valid_b = resolve(self._zbuffer([self._dynamic_slice(b)], proj, k, width, height, zstatic), self.points)
-            color, depth, valid = _cross_fade(color_a, depth_a, valid_a, color_b, depth_b, valid_b, w)
+            planes_a, valid_a = resolve_planes(self._zbuffer([self._dynamic_slice(a)], proj, k, width, height, zstatic), self.points, batch, height, width)
+            planes_b, valid_b = resolve_planes(self._zbuffer([self._dynamic_slice(b)], proj, k, width, height, zstatic), self.points, batch, height, width)
+            planes, valid = _cross_fade(planes_a, valid_a, planes_b, valid_b, w)
         else:
-            color, depth, valid = resolve(self._zbuffer([static, self._dynamic_slice(a)], proj, k, width, height), self.points)
-            color = color.to(torch.float32)
-
-        color = color.view(batch, height, width, 3)
-        depth = depth.view(batch, height, width)
-        valid = valid.view(batch, height, width)
+            planes, valid = resolve_planes(self._zbuffer([static, self._dynamic_slice(a)], proj, k, width, height), self.points, batch, height, width)
         if self.config.fill_holes:
-            stacked = torch.cat([color.permute(0, 3, 1, 2), depth[:, None]], 1)
-            stacked = push_pull(stacked, valid)
-            color, depth = stacked[:, :3].permute(0, 2, 3, 1), stacked[:, 3]
-        color_u8 = (color + 0.5).clamp(0, 255).to(torch.uint8)
-        return RenderOutput(color_u8.contiguous(), depth.contiguous(), valid)
+            planes = push_pull(planes, valid)
+        color = (planes[:, :3] + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        return RenderOutput(color, planes[:, 3].contiguous(), valid)
 
     def render_fov(self, world_from_eye, fovs: list[cameras.Fov], width: int, height: int, tau: float) -> RenderOutput:
         """Render OpenXR views: world_from_eye (B, 4, 4) OpenXR poses and one :class:`cameras.Fov` per view."""
@@ -168,12 +161,11 @@ class Renderer:
         return self.render(poses, ks, width, height, tau)
 
 
-def _cross_fade(color_a, depth_a, valid_a, color_b, depth_b, valid_b, w: float):
-    """Blend two resolved frames with weight ``w`` on b; a pixel valid in only one takes that one."""
+def _cross_fade(planes_a, valid_a, planes_b, valid_b, w: float):
+    """Blend two resolved frames (planes (B, 4, H, W)) with weight ``w`` on b; a pixel valid in only one
+    takes that one."""
     wa = valid_a.to(torch.float32) * (1.0 - w)
     wb = valid_b.to(torch.float32) * w
     total = (wa + wb).clamp(min=1e-12)
-    wa, wb = wa / total, wb / total
-    color = color_a.to(torch.float32) * wa[..., None] + color_b.to(torch.float32) * wb[..., None]
-    depth = depth_a * wa + depth_b * wb
-    return color, depth, valid_a | valid_b
+    planes = planes_a * (wa / total)[:, None] + planes_b * (wb / total)[:, None]
+    return planes, valid_a | valid_b

@@ -138,59 +138,48 @@ def splat_into(
         ids = (sel[:, None] * chunk_size + torch.arange(chunk_size, device=sel.device)).view(-1)
     if xyz.shape[1] == 0:
         return
-    u, v, z = project(xyz, proj)
-    # Conservative frustum cull first (a footprint reaches at most max_half_px beyond its centre), so the
-    # footprint maths below only runs on the points that can land (NaN positions fail every comparison).
-    m = config.max_half_px + 0.5
-    inside = (z > config.near) & (u > -m) & (u < width - 1 + m) & (v > -m) & (v < height - 1 + m)
-    b_idx, p_idx = inside.nonzero(as_tuple=True)
-    if b_idx.numel() == 0:
-        return
-    u, v, z = u[b_idx, p_idx], v[b_idx, p_idx], z[b_idx, p_idx]
-    gid = p_idx + start if ids is None else ids[p_idx]
-    k = intrinsics[b_idx]
-    radius = points.radii_at(gid) * config.radius_scale / z
-    rx = (radius * k[:, 0, 0]).clamp(0.5, config.max_half_px)
-    ry = (radius * k[:, 1, 1]).clamp(0.5, config.max_half_px)
+    u, v, z = project(xyz, proj)  # (B, M)
+    gid = torch.arange(start, start + xyz.shape[1], device=xyz.device) if ids is None else ids
+    # Footprint maths densely over (B, M) (M is already frustum-culled by chunks), then one compaction.
+    radius = points.radii_at(gid)[None, :] * config.radius_scale / z
+    rx = (radius * intrinsics[:, 0, 0, None]).clamp(0.5, config.max_half_px)
+    ry = (radius * intrinsics[:, 1, 1, None]).clamp(0.5, config.max_half_px)
     x0 = torch.ceil(u - rx).clamp(min=0)
     x1 = torch.floor(u + rx).clamp(max=width - 1)
     y0 = torch.ceil(v - ry).clamp(min=0)
     y1 = torch.floor(v + ry).clamp(max=height - 1)
-    keep = (x0 <= x1) & (y0 <= y1)
-    if not bool(keep.all()):
-        b_idx, gid, z, x0, x1, y0, y1 = (t[keep] for t in (b_idx, gid, z, x0, x1, y0, y1))
-    x0, y0 = x0.long(), y0.long()
-    nx = x1.long() - x0 + 1
-    ny = y1.long() - y0 + 1
-    zbits = z.contiguous().view(torch.int32).long()
-    key = (zbits << 32) | gid
-    base = b_idx * (height * width) + y0 * width + x0
-    counts = nx * ny
-    single = counts == 1
-    # Most points cover one pixel: scatter those directly, expand only the larger footprints.
-    zbuf.scatter_reduce_(0, base[single], key[single], reduce="amin")
-    multi = ~single
-    if bool(multi.any()):
-        base, key, nx, counts = base[multi], key[multi], nx[multi], counts[multi]
-        src = torch.repeat_interleave(torch.arange(len(counts), device=zbuf.device), counts)
-        first = torch.cumsum(counts, 0) - counts
-        k = torch.arange(src.numel(), device=zbuf.device) - first[src]
-        n = nx[src]
-        pix = base[src] + (k // n) * width + (k % n)
-        zbuf.scatter_reduce_(0, pix, key[src], reduce="amin")
+    # NaN points and points behind the near plane fail these comparisons and never land.
+    keep = (z > config.near) & (x0 <= x1) & (y0 <= y1)
+    b_idx, p_idx = keep.nonzero(as_tuple=True)
+    if b_idx.numel() == 0:
+        return
+    x0, y0 = x0[b_idx, p_idx].int(), y0[b_idx, p_idx].int()
+    nx = x1[b_idx, p_idx].int() - x0 + 1
+    ny = y1[b_idx, p_idx].int() - y0 + 1
+    zbits = z[b_idx, p_idx].contiguous().view(torch.int32).long()
+    key = (zbits << 32) | gid[p_idx]
+    base = b_idx * (height * width) + (y0 * width + x0).long()
+    # Expand every footprint to its nx * ny pixels (int32 index maths: fragments < 2**31).
+    counts = (nx * ny).long()
+    src = torch.repeat_interleave(torch.arange(len(counts), device=zbuf.device), counts)
+    first = (torch.cumsum(counts, 0) - counts).int()
+    k = torch.arange(src.numel(), device=zbuf.device, dtype=torch.int32) - first[src]
+    n = nx[src]
+    row = torch.div(k, n, rounding_mode="floor")
+    pix = base[src] + (row * width + (k - row * n)).long()
+    zbuf.scatter_reduce_(0, pix, key[src], reduce="amin")
 
 
-def resolve(zbuf: torch.Tensor, points: PackedPoints) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """z-buffer (...,) int64 -> (colour (..., 3) uint8, depth (...,) float32 metres, valid (...,) bool).
-
-    Convention: empty pixels get colour 0, depth 0, valid False.
-    """
+def resolve_planes(zbuf: torch.Tensor, points: PackedPoints, batch: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """z-buffer (B*H*W,) int64 -> (planes (B, 4, H, W) float32 = r, g, b (0..255), z-depth metres;
+    valid (B, H, W) bool). Convention: empty pixels are 0 in every plane and not valid."""
     valid = zbuf != EMPTY_KEY
     ids = torch.where(valid, zbuf & _ID_MASK, torch.zeros_like(zbuf))
-    depth = (zbuf >> 32).to(torch.int32).view(torch.float32)
-    depth = torch.where(valid, depth, torch.zeros_like(depth))
-    if len(points) == 0:
-        color = torch.zeros(zbuf.shape + (3,), dtype=torch.uint8, device=zbuf.device)
-    else:
-        color = points.colors(ids) * valid[..., None].to(torch.uint8)
-    return color, depth, valid
+    planes = torch.empty((batch, 4, height * width), dtype=torch.float32, device=zbuf.device)
+    attrs = points.attrs[ids].view(batch, height * width) if len(points) else torch.zeros((batch, height * width), dtype=torch.int32, device=zbuf.device)
+    validf = valid.view(batch, height * width).to(torch.float32)
+    for c in range(3):
+        planes[:, c] = ((attrs >> (8 * c)) & 0xFF).to(torch.float32) * validf
+    depth = (zbuf >> 32).to(torch.int32).view(torch.float32).view(batch, height * width)
+    planes[:, 3] = torch.where(validf > 0, depth, torch.zeros_like(depth))  # empty keys decode to NaN
+    return planes.view(batch, 4, height, width), valid.view(batch, height, width)
