@@ -18,6 +18,9 @@ from calibration.floor import FloorConfig, FloorPlane, fit_floor, up_prior
 from calibration.record import Calibration
 
 
+ASSUMED_EYE_HEIGHT = 1.6  # metres; only when a world has no points to find its floor in
+
+
 @dataclass(frozen=True)
 class AutoAlignConfig:
     """``camera_height``: the source camera's true height above the floor at tau = 0 (metres);
@@ -51,6 +54,29 @@ def _floor_points(world) -> np.ndarray:
     return pts if len(pts) else world.dynamic_frame(0).positions
 
 
+def _find_floor(world, up: np.ndarray, cfg: AutoAlignConfig) -> tuple[FloorPlane, str]:
+    """RANSAC floor; when there is none (no points, an outdoor clip without ground in view), a plane
+    facing the up prior: through the lowest points (1st percentile of height), or with no points
+    ASSUMED_EYE_HEIGHT metres (times the user's scale, if given) below the reference camera."""
+    poses = np.asarray(world.camera_poses, np.float64)
+    points = _floor_points(world).astype(np.float64)
+    points = points[np.all(np.isfinite(points), axis=1)]
+    try:
+        floor = fit_floor(points, up, poses[:, :3, 3], cfg.floor)
+        tilt = float(np.degrees(np.arccos(np.clip(floor.normal @ up, -1, 1))))
+        return floor, f"RANSAC plane, {floor.inliers} inliers within {floor.inlier_threshold:.3g}, {tilt:.1f} deg from camera up"
+    except ValueError as e:
+        why = str(e)
+    cam = poses[reference_frame(world), :3, 3]
+    if len(points):
+        offset = -float(np.percentile(points @ up, 1.0))
+        how = "lowest points (1st percentile)"
+    else:
+        offset = -float(cam @ up) + ASSUMED_EYE_HEIGHT * (cfg.scale or 1.0)
+        how = f"assumed {ASSUMED_EYE_HEIGHT} m below the camera"
+    return FloorPlane(up, offset, 0, 0.0), f"fallback: {how}, facing camera up ({why})"
+
+
 def reference_frame(world) -> int:
     """Index of the source frame shown at tau = 0."""
     return world.frame_at(0.0)[0]
@@ -65,7 +91,7 @@ def auto_calibration(world, config: AutoAlignConfig | None = None) -> Calibratio
     cfg = config or AutoAlignConfig()
     poses = np.asarray(world.camera_poses, np.float64)
     up = up_prior(poses)
-    floor: FloorPlane = fit_floor(_floor_points(world), up, poses[:, :3, 3], cfg.floor)
+    floor, floor_how = _find_floor(world, up, cfg)
     ref = reference_frame(world)
     camera = poses[ref]
     height = float(floor.height(camera[:3, 3]))
@@ -87,12 +113,11 @@ def auto_calibration(world, config: AutoAlignConfig | None = None) -> Calibratio
         depth = world.source.get("depth_source", "unknown") if isinstance(world.source, dict) else "unknown"
         scale, scale_how = 1.0, f"metric depth ({depth})"
 
-    tilt = float(np.degrees(np.arccos(np.clip(floor.normal @ up, -1, 1))))
     transform = WorldFromStage(scale=scale, heading=heading, yaw_offset=0.0, origin=tuple(origin),
                                up=tuple(floor.normal), floor_offset=0.0)
     sources = {
         "scale": scale_how,
-        "floor": f"RANSAC plane, {floor.inliers} inliers within {floor.inlier_threshold:.3g}, {tilt:.1f} deg from camera up",
+        "floor": floor_how,
         "origin": f"source camera at tau=0 (frame {ref}) projected to the floor, {height:.4g} world units above it",
         "yaw": yaw_how,
         "floor_offset": "0 (floor at stage y = 0)",

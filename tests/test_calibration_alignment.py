@@ -265,3 +265,27 @@ def test_auto_alignment_scale_sources():
     picked = auto_calibration(world, AutoAlignConfig(known_distance=(a, b, 2.5)))
     assert picked.scale == pytest.approx(2.0, rel=1e-9)
     assert scale_from_points(a, b, 1.25) == pytest.approx(4.0)
+
+
+def test_auto_alignment_without_a_floor_falls_back():
+    """No floor in view (a back wall only): the floor goes through the lowest points, facing camera up;
+    no points at all: the assumed eye height below the reference camera."""
+    rng = np.random.default_rng(2)
+    wall = np.c_[rng.uniform(-3, 3, 4000), rng.uniform(0.4, 3.0, 4000), np.full(4000, -5.0)].astype(np.float32)
+    poses = np.stack([cameras.look_at([x, 1.6, 0.0], [x, 1.6, -5.0]) for x in (0.0, 0.5)])
+    k = SyntheticScene.default_intrinsics(W, H)
+
+    def world_of(points):
+        n = len(points)
+        layer = PointLayer(points, np.zeros((n, 3), np.uint8), np.full(n, 0.01, np.float32), np.ones(n, np.float32))
+        return WorldState(layer, PointLayer.empty(), np.zeros(3, np.int64), np.array([0.0, 0.5]), 2.0, poses,
+                          np.repeat(k[None], 2, 0), (W, H))
+
+    cal = auto_calibration(world_of(wall))
+    assert cal.sources["floor"].startswith("fallback: lowest points")
+    stage_cam = invert_similarity(cal.world_from_stage) @ poses[0]
+    assert stage_cam[1, 3] == pytest.approx(1.6 - np.percentile(wall[:, 1], 1.0), abs=1e-4)
+    assert np.allclose(cal.transform.up, [0, 1, 0])
+    empty = auto_calibration(world_of(np.zeros((0, 3), np.float32)))
+    assert "assumed 1.6 m" in empty.sources["floor"]
+    assert (invert_similarity(empty.world_from_stage) @ poses[0])[1, 3] == pytest.approx(1.6)
