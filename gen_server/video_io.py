@@ -81,6 +81,21 @@ def _decoded(container, stream, path: Path) -> Iterator:
         raise InputError(f"{path}: video data is damaged or truncated ({e})") from None
 
 
+def _declared_video_duration(stream) -> float | None:
+    """The video stream's declared length in seconds (stream duration, or Matroska's per-track DURATION
+    tag), None when the file does not say. Container duration is not used: audio may be longer."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    tag = {k.lower(): v for k, v in (stream.metadata or {}).items()}.get("duration")
+    if tag:
+        try:
+            h, m, sec = tag.split(":")
+            return int(h) * 3600 + int(m) * 60 + float(sec)
+        except ValueError:
+            return None
+    return None
+
+
 def _display_rotation(frame, stream) -> int:
     """Counter-clockwise degrees (0/90/180/270) to apply for display: the display matrix when present, else
     a legacy ``rotate`` tag (ffmpeg's old convention: clockwise degrees)."""
@@ -128,8 +143,9 @@ def read_video_frames(
         dw, dh = (sh, sw) if rotation in (90, 270) else (sw, sh)  # displayed size
         out_w, out_h = output_size(dw, dh, max_side)
         dec_w, dec_h = (out_h, out_w) if rotation in (90, 270) else (out_w, out_h)
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
+        declared = _declared_video_duration(stream)  # the video stream's own, for the truncation check
+        if declared is not None:
+            duration = declared
         elif container.duration is not None:
             duration = container.duration / 1e6
         else:
@@ -164,6 +180,10 @@ def read_video_frames(
         while k / out_fps < prev_t + 0.5 / source_fps - eps:
             yield k / out_fps, convert(prev)
             k += 1
+        end = prev_t + 1.0 / source_fps
+        if declared is not None and end < declared - max(2.0 / source_fps, 0.02 * declared):
+            raise InputError(f"{path}: video data ends at {end:.3f} s but the file declares {declared:.3f} s "
+                             f"(truncated?)")
 
     return info, VideoFrames(iterate(), container)
 

@@ -146,6 +146,24 @@ def test_writer_is_atomic(tmp_path):
     assert not (tmp_path / "none.mp4").exists() and len(list(tmp_path.iterdir())) == 1
 
 
+@pytest.mark.parametrize("ext,codec", [("mkv", "h264")] + [c for c in CONTAINERS if c[0] == "webm"])
+def test_truncated_stream_detected_after_partial_frames(tmp_path, ext, codec):
+    """Matroska keeps playing up to the cut: the reader compares with the declared length and says so."""
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(24)]
+    good = _write(tmp_path / f"good.{ext}", frames, 24, codec)
+    assert len(list(read_video_frames(good)[1])) == 24  # the untruncated file passes the check
+    cut = tmp_path / f"cut.{ext}"
+    cut.write_bytes(good.read_bytes()[: int(good.stat().st_size * 0.6)])
+    info, it = read_video_frames(cut)
+    got = []
+    with pytest.raises(InputError) as e:
+        for item in it:
+            got.append(item)
+    assert 0 < len(got) < 24
+    assert str(cut) in str(e.value) and "truncated" in str(e.value) and "declares 1.0" in str(e.value)
+
+
 def test_bad_files_rejected_naming_file(tmp_path):
     good = _write(tmp_path / "good.mp4", _gray_frames(10, 32, 32), 24)
     truncated = tmp_path / "truncated.mp4"
