@@ -129,3 +129,29 @@ def test_bad_arguments_exit_2_with_one_line(args, message):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_desktop_window_under_xvfb(server, tmp_path):
+    import os
+    import shutil
+    import time
+
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb not installed (scripts/bootstrap.sh installs it as root)")
+    display = ":93"
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "640x480x24", "-nolisten", "tcp", "-noreset"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        stats = tmp_path / "desktop.json"
+        proc = subprocess.run([sys.executable, "-m", "gen_server.cli", "view", "--server", server.address,
+                               "--seconds", "4", "--width", "160", "--height", "120", "--stats", str(stats)],
+                              cwd=REPO, env={**os.environ, "DISPLAY": display}, capture_output=True, text=True,
+                              timeout=120)
+    finally:
+        xvfb.terminate()
+        xvfb.wait(10)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(stats.read_text())
+    assert result["frames_shown"] >= 2, result
+    assert 10 <= result["fps"] <= 95          # paced (max 90 fps), never a busy loop

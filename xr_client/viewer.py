@@ -195,7 +195,7 @@ def keys_to_hands(pressed: set[str]) -> tuple[HandState, HandState]:
 
 
 def run_desktop(server: str, width: int = 1280, height: int = 720, seconds: float = 0.0,
-                stats: str | Path | None = None, config: ViewerConfig | None = None) -> dict:
+                stats: str | Path | None = None, config: ViewerConfig | None = None, max_fps: float = 90.0) -> dict:
     """Open a window and walk the world until Esc / window close (or ``seconds``)."""
     import glfw
 
@@ -254,6 +254,8 @@ def run_desktop(server: str, width: int = 1280, height: int = 720, seconds: floa
             pipeline.draw_eye(0, eyes[0], fov, fb_w, fb_h)
             glfw.swap_buffers(ctx.window)
             frames += 1
+            # swap_interval is not honoured everywhere (Xvfb, some drivers): never spin faster than max_fps.
+            time.sleep(max(0.0, 1.0 / max_fps - (time.monotonic() - now)))
     finally:
         stream.close()
         pipeline.release()
