@@ -135,7 +135,7 @@ def read_video_frames(
             raise InputError(f"{path}: video stream has no frames")
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         source_fps = float(rate) if rate else 24.0
-        out_fps = float(fps) if fps else min(source_fps, DEFAULT_MAX_FPS)
+        out_fps = float(fps) if fps is not None else min(source_fps, DEFAULT_MAX_FPS)
         if not (math.isfinite(out_fps) and out_fps > 0):
             raise InputError(f"{path}: invalid target fps {fps!r}")
         rotation = _display_rotation(first, stream)

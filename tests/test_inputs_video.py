@@ -191,6 +191,9 @@ def test_bad_files_rejected_naming_file(tmp_path):
         audio: "no video stream",
         no_frames: "no frames",
     }
+    for bad_fps in (0, -5, float("nan")):
+        with pytest.raises(InputError, match="invalid target fps"):
+            read_video_frames(good, fps=bad_fps)
     for path, words in cases.items():
         with pytest.raises(InputError) as e:
             info, it = read_video_frames(path)
