@@ -112,6 +112,8 @@ def _name(value) -> str:
 def choose_backend(requested: str) -> str:
     """'egl' when the runtime offers XR_MNDX_egl_enable (and we run on Linux), else 'glx'. Sets PyOpenGL's
     platform accordingly, so call it before anything imports OpenGL.GL."""
+    # Our own errors say what went wrong in one line; the loader's multi-line log only on request.
+    os.environ.setdefault("XR_LOADER_DEBUG", "none")
     import xr
 
     from xr_client.gl_context import use_platform
@@ -120,7 +122,8 @@ def choose_backend(requested: str) -> str:
         exts = {_name(e.extension_name) for e in xr.enumerate_instance_extension_properties()}
     except xr.XrException as e:
         raise XrUnavailable(f"no OpenXR runtime available ({type(e).__name__}): start one (Monado's "
-                            "monado-service, SteamVR) or set XR_RUNTIME_JSON") from None
+                            "monado-service, SteamVR) or set XR_RUNTIME_JSON; XR_LOADER_DEBUG=all shows the "
+                            "loader's search") from None
     if requested == "auto":
         requested = "egl" if xr.MNDX_EGL_ENABLE_EXTENSION_NAME in exts and os.name == "posix" else "glx"
     need = xr.MNDX_EGL_ENABLE_EXTENSION_NAME if requested == "egl" else xr.KHR_OPENGL_ENABLE_EXTENSION_NAME
