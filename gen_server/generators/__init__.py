@@ -11,6 +11,7 @@ from gen_server.generators.base import Generator, Views, check_views
 
 GENERATORS: dict[str, str] = {
     "geometric": "gen_server.generators.geometric:GeometricGenerator",
+    "inspatio": "gen_server.generators.inspatio.generator:InSpatioGenerator",
 }
 
 

@@ -23,17 +23,20 @@ def relative_cv_transforms(world_from_src: np.ndarray, world_from_dst: np.ndarra
 
 
 def reproject_views(color: torch.Tensor, depth: torch.Tensor, k_src: torch.Tensor, dst_from_src: torch.Tensor,
-                    k_dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    k_dst: torch.Tensor, out_hw: tuple[int, int] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward-warp frames to V target cameras with nearest-pixel z-buffered splatting.
 
     Convention: color (T, H, W, 3) uint8, depth (T, H, W) float32 z-depth metres (<= 0 = no surface),
     OpenCV intrinsics k_src (3,3), k_dst (V,3,3), dst_from_src (V,4,4) OpenCV camera-to-camera.
-    Returns color (T, V, H, W, 3) uint8, depth (T, V, H, W) float32, valid (T, V, H, W) bool.
+    out_hw: target image size (default: the source size); k_dst must be for that size.
+    Returns color (T, V, Ho, Wo, 3) uint8, depth (T, V, Ho, Wo) float32 (target z), valid (T, V, Ho, Wo) bool.
     """
     if color.ndim != 4 or color.shape[-1] != 3 or depth.shape != color.shape[:3]:
         raise ValueError(f"color {tuple(color.shape)} / depth {tuple(depth.shape)}: expected (T,H,W,3) / (T,H,W)")
     t, h, w = depth.shape
     v = dst_from_src.shape[0]
+    ho, wo = out_hw or (h, w)
     dev = depth.device
     ys, xs = torch.meshgrid(torch.arange(h, device=dev, dtype=torch.float32),
                             torch.arange(w, device=dev, dtype=torch.float32), indexing="ij")
@@ -47,18 +50,19 @@ def reproject_views(color: torch.Tensor, depth: torch.Tensor, k_src: torch.Tenso
     zd = cam[:, :, 2]
     u = torch.round(proj[:, :, 0] / zd.clamp_min(1e-6))
     vv = torch.round(proj[:, :, 1] / zd.clamp_min(1e-6))
-    ok = (z > 0) & (zd > 1e-6) & (u >= 0) & (u < w) & (vv >= 0) & (vv < h)
-    target = (vv * w + u).long().clamp(0, h * w - 1)
+    ok = (z > 0) & (zd > 1e-6) & (u >= 0) & (u < wo) & (vv >= 0) & (vv < ho)
+    target = (vv * wo + u).long().clamp(0, ho * wo - 1)
     # Nearest surface wins: pack (depth in micrometres, source index) into one int64 key for amin.
     src_index = torch.arange(h * w, device=dev).expand_as(target)
     key = (zd.clamp(0, 1e6) * 1e6).long() * (h * w) + src_index
     key = torch.where(ok, key, torch.full_like(key, torch.iinfo(torch.int64).max))
-    best = torch.full((t, v, h * w), torch.iinfo(torch.int64).max, device=dev, dtype=torch.int64)
+    best = torch.full((t, v, ho * wo), torch.iinfo(torch.int64).max, device=dev, dtype=torch.int64)
     best.scatter_reduce_(2, target, key, reduce="amin")
     valid = best != torch.iinfo(torch.int64).max
     winner = torch.where(valid, best % (h * w), torch.zeros_like(best))
     flat = color.reshape(t, 1, h * w, 3).expand(t, v, h * w, 3)
-    out_color = torch.gather(flat, 2, winner[..., None].expand(t, v, h * w, 3))
+    out_color = torch.gather(flat, 2, winner[..., None].expand(t, v, ho * wo, 3))
     out_color = torch.where(valid[..., None], out_color, torch.zeros_like(out_color))
-    out_depth = torch.where(valid, torch.gather(zd, 2, winner), torch.zeros_like(zd))
-    return (out_color.reshape(t, v, h, w, 3), out_depth.reshape(t, v, h, w).float(), valid.reshape(t, v, h, w))
+    out_depth = torch.where(valid, torch.gather(zd, 2, winner), torch.zeros(1, device=dev))
+    return (out_color.reshape(t, v, ho, wo, 3), out_depth.reshape(t, v, ho, wo).float(),
+            valid.reshape(t, v, ho, wo))
