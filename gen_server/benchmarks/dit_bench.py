@@ -89,6 +89,11 @@ def bench_dit(dit, cfg: DiTConfig, stream: StreamConfig, engine: str, batch: int
     tt = torch.full((batch,), 937.5, device=device)
     res["prefill_ms"] = round(_timed(lambda: runner.prefill(ctx), device, 3), 2)
     res["step_ms"] = round(_timed(lambda: runner.step(x36, tt, 6), device, 3), 2)
+    # Parity probe: the same prefill + step on fixed inputs, compared across engines by the caller.
+    pg = torch.Generator(device=device).manual_seed(123)
+    runner.prefill(torch.randn(batch, 36, 6, h, w, device=device, dtype=dtype, generator=pg))
+    probe = runner.step(torch.randn(batch, 36, 3, h, w, device=device, dtype=dtype, generator=pg), tt, 6)
+    res["_probe"] = probe.float().cpu()
     if profile_path:
         from torch.profiler import ProfilerActivity, profile
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -164,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     results["reprojection"] = bench_reprojection(stream, device)
     print("reprojection", results["reprojection"], flush=True)
     dump()
+    probes: dict = {}
     with attention_backend(args.attention), torch.no_grad():
         for engine in args.engines.split(","):
             for b in (int(x) for x in args.batches.split(",")):
@@ -172,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
                     r = bench_dit(dit, cfg, stream, engine, b, args.blocks, device, dtype, args.compile_mode, prof)
                 except Exception as exc:  # report and go on: one engine failing must not hide the others
                     r = {"engine": engine, "batch": b, "error": f"{type(exc).__name__}: {exc}"[:500]}
+                probe = r.pop("_probe", None)
+                if probe is not None:
+                    ref = probes.setdefault(b, probe)
+                    r["max_abs_diff_vs_first_engine"] = round(float((probe - ref).abs().max()), 5)
+                    r["probe_max_abs"] = round(float(ref.abs().max()), 3)
                 results["dit"].append(r)
                 print("dit", r, flush=True)
                 dump()
