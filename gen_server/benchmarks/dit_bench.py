@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile-mode", default="max-autotune-no-cudagraphs")
     ap.add_argument("--attention", default="cudnn", choices=["cudnn", "default"])
     ap.add_argument("--tiny", action="store_true", help="tiny config (script smoke test)")
-    ap.add_argument("--profile", default=None, help="write a kernel table of one eager mono block here")
+    ap.add_argument("--profile", default=None, help="write kernel tables of one mono block (eager, compile) to PATH.<engine>.txt")
     ap.add_argument("--out", default=None, help="write results JSON here (rewritten after each result)")
     args = ap.parse_args(argv)
     device = args.device
@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         for engine in args.engines.split(","):
             for b in (int(x) for x in args.batches.split(",")):
                 try:
-                    prof = args.profile if (engine, b) == ("eager", 1) else None
+                    prof = (f"{args.profile}.{engine}.txt" if args.profile and b == 1 and engine in ("eager", "compile")
+                            else None)
                     r = bench_dit(dit, cfg, stream, engine, b, args.blocks, device, dtype, args.compile_mode, prof)
                 except Exception as exc:  # report and go on: one engine failing must not hide the others
                     r = {"engine": engine, "batch": b, "error": f"{type(exc).__name__}: {exc}"[:500]}
