@@ -205,8 +205,12 @@ def test_xcb_screenshot_shows_what_the_server_rendered(rig):
         got, want = block_mean(half, 27, 24), block_mean(frame.color[eye], 27, 24)
         err = np.abs(got - want).mean()
         corr = np.corrcoef(got.ravel(), want.ravel())[0, 1]
-        assert err < 12 and corr > 0.9, f"eye {eye}: screen vs server render: mean abs error {err:.1f}, corr {corr:.3f}"
+        print(f"xcb screenshot eye {eye}: mean abs error {err:.2f}, correlation {corr:.4f}")
+        assert err < 3 and corr > 0.99, f"eye {eye}: screen vs server render: mean abs error {err:.1f}, corr {corr:.3f}"
+        other = np.abs(got - block_mean(frame.color[1 - eye], 27, 24)).mean()
+        assert other > 2 * err, f"eye {eye} matches the other eye's render as well ({other:.2f} vs {err:.2f})"
     lr = np.abs(halves[0].astype(int) - halves[1].astype(int)).mean()
+    print(f"xcb screenshot left vs right mean abs diff {lr:.2f}")
     assert lr > 2.0, f"left and right eye look the same on screen (mean abs diff {lr:.2f})"
 
 
