@@ -4,27 +4,23 @@ and head pose (from the headless viewer's stats), as one PNG.
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 
-def _frame_label(index: int, record: dict | None, fps: float) -> str:
-    if not record:
-        return f"#{index}  t={index / fps:.2f}s"
-    parts = [f"#{index}"]
-    if "tau" in record:
+def _frame_label(index: int, seconds: float, record: dict | None, label: str | None) -> str:
+    parts = [f"#{index}", f"t={seconds:.1f}s"]
+    record = record or {}
+    if record.get("tau") is not None:
         parts.append(f"tau={record['tau']:.2f}s")
-    if "position" in record:
-        x, y, z = record["position"]
-        parts.append(f"pos=({x:+.2f},{y:+.2f},{z:+.2f})")
-    if "yaw_deg" in record:
-        parts.append(f"yaw={record['yaw_deg']:+.0f}")
-    if record.get("label"):
-        parts.append(str(record["label"]))
+    if record.get("pose_yaw") is not None:
+        parts.append(f"yaw={record['pose_yaw']:+.0f}deg")
+    if label:
+        parts.append(label)
     return "  ".join(parts)
 
 
@@ -36,14 +32,14 @@ def pick_indices(count: int, stills: int) -> list[int]:
     return sorted({int(round(i)) for i in np.linspace(0, count - 1, stills)})
 
 
-def write_contact_sheet(video: Path, stats: Path | None, out: Path, stills: int = 8, columns: int = 2,
-                        thumb_width: int = 640) -> Path:
-    """Write ``out`` (PNG, atomically) from ``video``; per-frame records come from ``stats['frames']``."""
-    import av
+def write_contact_sheet(video: Path, records: list[dict], out: Path, label: Callable[[float], str] | None = None,
+                        stills: int = 8, columns: int = 2, thumb_width: int = 640) -> Path:
+    """Write ``out`` (PNG, atomically) from ``video``.
 
-    records: list[dict] = []
-    if stats is not None and Path(stats).is_file():
-        records = json.loads(Path(stats).read_text()).get("frames", [])
+    ``records[i]`` describes video frame i (the headless viewer keeps one per tick: ``tau`` world time,
+    ``pose_yaw`` head yaw in degrees); ``label(seconds)`` names what the walkthrough was doing then.
+    """
+    import av
     with av.open(str(video)) as container:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or 24)
@@ -62,7 +58,8 @@ def write_contact_sheet(video: Path, stats: Path | None, out: Path, stills: int 
         x0, y0 = c * thumb_width, r * (th + label_h)
         sheet.paste(Image.fromarray(frames[idx]).resize((thumb_width, th), Image.BILINEAR), (x0, y0 + label_h))
         record = records[idx] if idx < len(records) else None
-        draw.text((x0 + 6, y0 + 5), _frame_label(idx, record, fps), fill=(235, 235, 235))
+        text = _frame_label(idx, idx / fps, record, label(idx / fps) if label else None)
+        draw.text((x0 + 6, y0 + 5), text, fill=(235, 235, 235))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
     sheet.save(tmp)
