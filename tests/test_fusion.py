@@ -74,7 +74,7 @@ def test_voxel_accumulator_matches_reference_across_merges():
     footprint = rng.choice([0.02, 0.05, 0.3], n).astype(np.float32)
     acc = VoxelAccumulator(torch.device("cpu"), merge_every=700)  # several merges
     for chunk in np.array_split(np.arange(n), 7):
-        acc.add(_t(points[chunk]), _t(colors[chunk]), _t(footprint[chunk]))
+        acc.add(_t(np.concatenate([points[chunk], colors[chunk], footprint[chunk, None]], 1)))
     layer = acc.layer()
     ref = _voxel_reference(points.astype(np.float64), colors, footprint.astype(np.float64))
     assert len(layer) == len(ref)

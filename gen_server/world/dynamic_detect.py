@@ -104,8 +104,9 @@ def neighbour_evidence(points: torch.Tensor, rgb: torch.Tensor, valid: torch.Ten
     u = (k[0, 0] * cam[..., 0] / zs + k[0, 2]) / view.stride
     v = (k[1, 1] * cam[..., 1] / zs + k[1, 2]) / view.stride
     # The 4 surrounding pixels at once: (4, h, w) indices into the neighbour's packed table.
-    corner_u = torch.floor(u).long()[None] + torch.tensor([0, 1, 0, 1], device=u.device)[:, None, None]
-    corner_v = torch.floor(v).long()[None] + torch.tensor([0, 0, 1, 1], device=u.device)[:, None, None]
+    corner = torch.arange(4, device=u.device)[:, None, None]  # (0,0) (1,0) (0,1) (1,1)
+    corner_u = torch.floor(u).long()[None] + corner % 2
+    corner_v = torch.floor(v).long()[None] + corner // 2
     inside = front[None] & (corner_u >= 0) & (corner_u < w_n) & (corner_v >= 0) & (corner_v < h_n)
     idx = corner_v.clamp_(0, h_n - 1) * w_n + corner_u.clamp_(0, w_n - 1)
     seen = view.table[idx]  # (4, h, w, 7): depth, colour, blurred colour

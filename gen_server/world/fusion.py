@@ -113,26 +113,27 @@ class VoxelAccumulator:
         self.sums = torch.zeros((0, 8), dtype=torch.float32, device=device)
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._pending_count = 0
-        self.dropped = 0  # samples too far from the origin for their voxel level's index range
 
-    def add(self, points: torch.Tensor, colors: torch.Tensor, footprint: torch.Tensor, weight: float = 1.0) -> None:
-        """points (N, 3) world metres, colors (N, 3) float 0..255, footprint (N,) metres; ``weight``:
-        pixels each sample stands for (when the caller subsamples), for the observation count."""
-        if len(points) == 0:
+    def add(self, samples: torch.Tensor, weight: float = 1.0) -> None:
+        """samples (N, 7): world position (3, metres), colour (3, 0..255), pixel footprint (metres);
+        ``weight``: pixels each sample stands for (when the caller subsamples), for the observation count.
+
+        No host-device synchronisation: samples beyond the key range get zero weight (dropped at
+        :meth:`layer`) instead of being filtered here.
+        """
+        if len(samples) == 0:
             return
+        points, colors, footprint = samples[:, 0:3], samples[:, 3:6], samples[:, 6]
         level = torch.ceil(torch.log2(self.factor * footprint / self.base)).clamp(0, _MAX_LEVEL)
         size = self.base * torch.exp2(level)
         cell = torch.floor(points / size[:, None])
         inside = (cell.abs() < _OFF - 1).all(-1)
-        if not bool(inside.all()):
-            self.dropped += int((~inside).sum())
-            points, colors, footprint, level, size, cell = (
-                a[inside] for a in (points, colors, footprint, level, size, cell))
+        cell = torch.where(inside[:, None], cell, torch.zeros_like(cell))
         idx = cell.long() + _OFF
         key = (level.long() << (3 * _BITS)) | (idx[:, 0] << (2 * _BITS)) | (idx[:, 1] << _BITS) | idx[:, 2]
         offset = points - (cell + 0.5) * size[:, None]
         obs = (footprint / size).square() * weight
-        values = torch.cat([offset, colors, obs[:, None], torch.ones_like(obs)[:, None]], 1)
+        values = torch.cat([offset, colors, obs[:, None], torch.ones_like(obs)[:, None]], 1) * inside[:, None]
         self._pending.append((key, values))
         self._pending_count += len(key)
         if self._pending_count >= self.merge_every:
@@ -159,7 +160,9 @@ class VoxelAccumulator:
         splats close the surface. Confidence: ``1 - exp(-n / 2)`` for ``n`` frame-equivalents seen.
         """
         self.merge()
-        keys, sums = self.keys, self.sums
+        # Voxels that only got out-of-range samples (zero weight: > 262 k voxels from the origin).
+        kept = self.sums[:, 7] > 0
+        keys, sums = self.keys[kept], self.sums[kept]
         level = (keys >> (3 * _BITS)).float()
         size = self.base * torch.exp2(level)
         cell = torch.stack([(keys >> (2 * _BITS)) & _MASK, (keys >> _BITS) & _MASK, keys & _MASK], -1) - _OFF
@@ -295,6 +298,8 @@ class WorldFuser:
         dynamic = dyn_small.repeat_interleave(s, 0).repeat_interleave(s, 1)[:h, :w] & valid
         conf = conf_small.repeat_interleave(s, 0).repeat_interleave(s, 1)[:h, :w]
         footprint = pixel_footprint(cur.depth, cur.intrinsics)
+        # Per-pixel attributes in one tensor, so each layer takes a single gather (one device sync).
+        features = torch.cat([points, cur.rgb, footprint[..., None], conf[..., None]], -1)
 
         # Static samples: on large images one pixel of each stride x stride block per frame, the block
         # position cycling with the frame, so consecutive frames (which re-observe nearly the same
@@ -302,31 +307,32 @@ class WorldFuser:
         phase = position % (s * s)
         pv, pu = divmod(phase, s)
         static_sel = (valid & ~dynamic)[pv::s, pu::s]
-        self.static_pixels += int(static_sel.sum())
-        self.static.add(points[pv::s, pu::s][static_sel], cur.rgb[pv::s, pu::s][static_sel],
-                        footprint[pv::s, pu::s][static_sel], weight=float(s * s))
-        self._dynamic.append(self._dynamic_layer(points, cur.rgb, footprint, conf, dynamic))
+        samples = features[pv::s, pu::s][static_sel][:, :7]
+        self.static_pixels += len(samples)
+        self.static.add(samples, weight=float(s * s))
+        self._dynamic.append(self._dynamic_layer(features, dynamic))
 
         self._next += 1
         # Drop frames no later frame will need as a neighbour.
         while self._ring and self._ring[0].position < self._next - self._behind:
             self._ring.popleft()
 
-    def _dynamic_layer(self, points, rgb, footprint, conf, dynamic) -> PointLayer:
-        n = int(dynamic.sum())
+    def _dynamic_layer(self, features: torch.Tensor, dynamic: torch.Tensor) -> PointLayer:
+        """The dynamic pixels' points; radius = pixel footprint * sqrt(2) / 2 (half the pixel diagonal)."""
+        pixels = dynamic.nonzero()
+        n = len(pixels)
         self.dynamic_pixels += n
         step = 1
         if n > self.config.max_dynamic_points:
             # Keep every step-th pixel in both directions; radii grow to cover the skipped ones.
             step = math.ceil(math.sqrt(n / self.config.max_dynamic_points))
-            grid = torch.zeros_like(dynamic)
-            grid[::step, ::step] = True
-            dynamic = dynamic & grid
+            pixels = pixels[((pixels[:, 0] % step) == 0) & ((pixels[:, 1] % step) == 0)]
+        rows = features[pixels[:, 0], pixels[:, 1]].cpu().numpy()
         return PointLayer(
-            points[dynamic].cpu().numpy().astype(np.float32),
-            rgb[dynamic].round().clamp(0, 255).to(torch.uint8).cpu().numpy(),
-            (footprint[dynamic] * (HALF_DIAGONAL * step)).cpu().numpy().astype(np.float32),
-            conf[dynamic].cpu().numpy().astype(np.float32),
+            np.ascontiguousarray(rows[:, 0:3], np.float32),
+            np.clip(np.round(rows[:, 3:6]), 0, 255).astype(np.uint8),
+            (rows[:, 6] * (HALF_DIAGONAL * step)).astype(np.float32),
+            np.ascontiguousarray(rows[:, 7], np.float32),
         )
 
 
