@@ -294,3 +294,39 @@ def test_damaged_or_newer_world_dir(built, tmp_path, capsys):
     capsys.readouterr()
     assert cli(["info", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def _tiny_metric_depth_model(folder: Path) -> str:
+    """A randomly initialised, tiny metric Depth Anything saved like a downloaded one (no weights committed)."""
+    import torch
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    torch.manual_seed(0)
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, image_size=56,
+                            patch_size=14, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 64],
+                                 fusion_hidden_size=16, head_hidden_size=8, depth_estimation_type="metric", max_depth=10)
+    DepthAnythingForDepthEstimation(config).save_pretrained(folder)
+    DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                      do_pad=False).save_pretrained(folder)
+    return str(folder)
+
+
+def test_plain_video_with_depth_model_is_a_static_camera_world(dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = _tiny_metric_depth_model(tmp_path / "depth_model")
+    out = tmp_path / "world"
+    capsys.readouterr()
+    assert cli(["build", str(dataset / "video.mp4"), "-o", str(out), "--depth-model", model, "--depth-scale", "2",
+                "--max-side", "96", "--quiet", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "static camera" in printed and "transforms" not in printed
+    world = load_world(out)
+    assert world.source["kind"] == "video" and world.source["depth_source"] == model
+    assert world.source["pose_source"] == "static camera (no poses given)"
+    assert np.allclose(world.camera_poses, np.eye(4)) and world.image_size[0] <= 96
+    assert world.frame_count == SECONDS * FPS
+    # depth 2x the model's metric output (<= 10 m): every point within 20 m of the camera
+    everything = np.concatenate([world.static.positions, world.dynamic.positions])
+    assert len(everything) > 0 and np.linalg.norm(everything, axis=1).max() < 20 * 1.5

@@ -74,15 +74,17 @@ def open_source(input_path: str | Path, fps: float | None = None, max_side: int 
         if (path / "transforms.json").is_file():
             path = path / "transforms.json"
         elif (path / "frames").is_dir():
-            _video_only(path, fps, poses)
+            _no_poses_flag(path, poses)
             from gen_server.world.inspatio_step2 import InspatioStep2Source
 
-            return InspatioStep2Source(path)
+            return InspatioStep2Source(path, fps=fps, max_side=max_side)
         else:
             raise InputError(f"{path}: folder holds neither transforms.json nor an InSpatio step-2 layout "
                              "(frames/ + depth/ + extrinsic.txt)")
     if path.suffix.lower() == ".json":
-        _video_only(path, fps, poses)
+        _no_poses_flag(path, poses)
+        if fps is not None:
+            raise InputError(f"{path}: --fps does not apply to transforms.json input (its frames carry their times)")
         from gen_server.world.transforms_json import TransformsJsonSource
 
         return TransformsJsonSource(path, max_side=max_side)
@@ -93,11 +95,9 @@ def open_source(input_path: str | Path, fps: float | None = None, max_side: int 
     return VideoSource(path, fps=fps, max_side=max_side, poses=poses)
 
 
-def _video_only(path: Path, fps, poses) -> None:
+def _no_poses_flag(path: Path, poses) -> None:
     if poses is not None:
         raise InputError(f"{path}: --poses applies to plain video input only (this input carries its own poses)")
-    if fps is not None:
-        raise InputError(f"{path}: --fps applies to plain video input only (this input has its own frame times)")
 
 
 def check_depth(frame: SourceFrame, path: str) -> None:
@@ -132,10 +132,12 @@ def _with_depth(source: FrameSource, path: str, depth_model, device: str | None,
     from gen_server.world.depth_model import MonocularDepth
 
     model = MonocularDepth(depth_model, device, scale=depth_scale)
+    # Relative models place the median pixel at depth_scale metres; metric ones are scaled by it.
+    factor = np.float32(depth_scale if model.metric else 1.0)
 
     def estimated() -> Iterator[SourceFrame]:
         for frame in source:
-            frame.depth = np.asarray(model.predict(frame.rgb), np.float32)
+            frame.depth = np.asarray(model.predict(frame.rgb), np.float32) * factor
             check_depth(frame, path)
             yield frame
 
