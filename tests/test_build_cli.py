@@ -330,3 +330,37 @@ def test_plain_video_with_depth_model_is_a_static_camera_world(dataset, tmp_path
     # depth 2x the model's metric output (<= 10 m): every point within 20 m of the camera
     everything = np.concatenate([world.static.positions, world.dynamic.positions])
     assert len(everything) > 0 and np.linalg.norm(everything, axis=1).max() < 20 * 1.5
+
+
+def test_inspatio_step2_folder(tmp_path, capsys):
+    """A step-2 folder (their layout: JPEG frames, float32-bytes RGBA depth PNGs, np.savetxt K and 3x4
+    world-to-camera in OpenCV axes) builds with its poses and depth intact."""
+    from gen_server.world.inspatio_step2 import encode_rgba_depth
+    from gen_server.world.synth import SyntheticScene
+
+    scene, w, h, n = SyntheticScene(0), 64, 48, 10
+    k = scene.default_intrinsics(w, h)
+    folder = tmp_path / "step2"
+    (folder / "frames").mkdir(parents=True)
+    (folder / "depth").mkdir()
+    poses = []
+    with open(folder / "intrinsic.txt", "w") as fi, open(folder / "extrinsic.txt", "w") as fe:
+        for i in range(n):
+            pose = scene.camera_path(i / 24)
+            rgb, depth, _ = scene.render(pose, k, w, h, i / 24)
+            Image.fromarray(rgb).save(folder / "frames" / f"{i:04d}.jpg", quality=95)
+            Image.fromarray(encode_rgba_depth(depth), mode="RGBA").save(folder / "depth" / f"{i:04d}.png")
+            np.savetxt(fi, k)
+            np.savetxt(fe, np.linalg.inv(cameras.xr_world_from_cv_world_pose(pose))[:3, :])
+            poses.append(pose)
+    out = tmp_path / "world"
+    assert cli(["build", str(folder), "-o", str(out), "--fps", "24", "--quiet", "--no-source-video"]) == 0
+    world = load_world(out)
+    assert world.source["kind"] == "inspatio_step2" and world.frame_count == n
+    assert np.allclose(world.camera_poses, np.stack(poses), atol=1e-6) and np.allclose(world.times, np.arange(n) / 24)
+    assert not (out / "source.mp4").exists()
+    # static points sit on the surfaces the depth describes
+    uv, z = _visible_static_points(world, 0)
+    d0 = scene.render(poses[0], k, w, h, 0.0)[1].astype(np.float64)
+    d, valid = _bilinear(d0, uv)
+    assert valid.sum() > 0.3 * w * h and np.median(np.abs(z - d)[valid]) < 0.005
