@@ -57,6 +57,10 @@ def run(device: str = "cpu", frames: int = 48, width: int = 960, height: int = 5
             torch.cuda.synchronize()
         timings.append(time.perf_counter() - t0)
     best = min(timings)
+    import resource
+
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+    peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
     info = machine_info(str(dev))
     result = {
         "benchmark": "build (fusion)",
@@ -71,13 +75,17 @@ def run(device: str = "cpu", frames: int = 48, width: int = 960, height: int = 5
         "static_points": len(world.static),
         "dynamic_points": len(world.dynamic),
         "torch_threads": torch.get_num_threads(),
+        "peak_rss_gib": round(peak_rss, 2),  # whole process, the pre-rendered frames included
+        "peak_gpu_gib": None if peak_gpu is None else round(peak_gpu, 2),
         "machine": info,
     }
     if not quiet:
         print(f"build fusion: {frames} frames {width}x{height} on {dev}: {best:.2f} s, "
               f"{result['frames_per_second']:.1f} source frames/s ({result['megapixels_per_second']:.1f} MP/s); "
               f"static {result['static_points']:,} points, dynamic {result['dynamic_points']:,}")
-        print(f"machine: {describe(info)}; torch threads {result['torch_threads']}")
+        gpu = f", peak GPU memory {peak_gpu:.2f} GiB" if peak_gpu is not None else ""
+        print(f"machine: {describe(info)}; torch threads {result['torch_threads']}; "
+              f"peak RSS {peak_rss:.2f} GiB (frames included){gpu}")
     return result
 
 

@@ -15,13 +15,17 @@ Pixel footprint (documented once, used for radii and voxel sizes): a pixel at z-
 ``f = d * max(1/fx, 1/fy)`` metres; a splat covering the whole pixel square has radius
 ``f * sqrt(2) / 2`` (half its diagonal).
 
-Memory (60 s clip at 960x540, 24 fps = 1440 frames): the ring buffer holds 17 frames (~12 MiB each);
-each static voxel costs 40 bytes (int64 key + 8 float32 sums) plus ~3x that transiently while a
-pending batch (<= ``merge_every`` = 4 M samples, ~200 MiB) is merged; a camera that keeps seeing new
-surface adds at most ~1 voxel per pixel per frame, so 1440 x 518 k = 746 M samples... in practice a
-scene is re-observed and voxels are ~1-4 pixels, so a 60 s clip holds a few tens of millions of voxels
-(~2-4 GiB). Dynamic points are capped at 131 072 per frame (23 bytes each on the CPU): at most 4.3 GiB
-for 1440 frames, ~8.7 GiB at the final concatenation. Peak for a 60 s 960 px clip: ~12-16 GiB < 24 GiB.
+Memory bound for a 60 s clip at 960x540, 24 fps (1440 frames):
+
+* ring buffer: 17 frames x ~13 MiB (depth, colour, detection grid) = ~0.2 GiB;
+* static voxels: 40 bytes each (int64 key + 8 float32 sums). Consecutive frames overlap, so a frame
+  adds new voxels only for newly seen surface; even at 10 % new surface every frame (a fast pan) that
+  is ~23 k voxels/frame -> 33 M voxels = 1.3 GiB, plus ~3x that while a batch is merged (sort) = ~4 GiB;
+* dynamic points: 23 bytes each on the CPU, capped at 131 072 per frame -> at most 4.3 GiB for 1440
+  fully dynamic frames, doubled for the final concatenation = 8.7 GiB.
+
+Worst case ~13 GiB, under the 24 GiB budget; a typical clip (10 % moving pixels) needs ~4 GiB. The
+build benchmark prints the measured peak.
 """
 
 from __future__ import annotations
