@@ -170,6 +170,11 @@ class Reprojector:
         self.config = config
         self._mesh = _compile(_MESH_VS, _MESH_FS)
         self._ray = _compile(_RAY_VS, _RAY_FS)
+        self._u = {(prog, name): GL.glGetUniformLocation(prog, name)
+                   for prog, names in ((self._mesh, ("u_color", "u_depth", "u_size", "u_k", "u_dsize", "u_kd",
+                                                     "u_far_fill", "u_clip_from_cv")),
+                                       (self._ray, ("u_color", "u_size", "u_dst_tan", "u_srcpix_from_eye")))
+                   for name in names}
         self._empty_vao = GL.glGenVertexArrays(1)
         self._grids: dict[tuple[int, int, int], tuple[int, int, int, int]] = {}  # (w, h, step) -> vao, vbo, ebo, n
         self._tex = [(GL.glGenTextures(1), GL.glGenTextures(1)) for _ in range(slots)]
@@ -187,18 +192,25 @@ class Reprojector:
     def upload(self, slot: int, image: EyeImage) -> None:
         """Copy one eye's colour (and depth) to the GPU; call once per received frame, not per vsync."""
         color, depth = self._tex[slot]
-        h, w = image.rgb.shape[:2]
+        old = self._images[slot]
         GL.glPixelStorei(GL.GL_UNPACK_ALIGNMENT, 1)
-        GL.glBindTexture(GL.GL_TEXTURE_2D, color)
-        GL.glTexImage2D(GL.GL_TEXTURE_2D, 0, GL.GL_RGB8, w, h, 0, GL.GL_RGB, GL.GL_UNSIGNED_BYTE,
-                        np.ascontiguousarray(image.rgb))
+        # Same size as last time: overwrite in place (no reallocation), else (re)allocate.
+        same = old is not None and old.rgb.shape == image.rgb.shape
+        self._load(color, GL.GL_RGB8, GL.GL_RGB, GL.GL_UNSIGNED_BYTE, np.ascontiguousarray(image.rgb), same)
         if image.depth is not None:
-            dh, dw = image.depth.shape
-            GL.glBindTexture(GL.GL_TEXTURE_2D, depth)
-            GL.glTexImage2D(GL.GL_TEXTURE_2D, 0, GL.GL_R32F, dw, dh, 0, GL.GL_RED, GL.GL_FLOAT,
-                            np.ascontiguousarray(image.depth, np.float32))
+            same = old is not None and old.depth is not None and old.depth.shape == image.depth.shape
+            self._load(depth, GL.GL_R32F, GL.GL_RED, GL.GL_FLOAT, np.ascontiguousarray(image.depth, np.float32), same)
         GL.glBindTexture(GL.GL_TEXTURE_2D, 0)
         self._images[slot] = image
+
+    @staticmethod
+    def _load(tex: int, internal, fmt, kind, data: np.ndarray, same_size: bool) -> None:
+        h, w = data.shape[:2]
+        GL.glBindTexture(GL.GL_TEXTURE_2D, tex)
+        if same_size:
+            GL.glTexSubImage2D(GL.GL_TEXTURE_2D, 0, 0, 0, w, h, fmt, kind, data)
+        else:
+            GL.glTexImage2D(GL.GL_TEXTURE_2D, 0, internal, w, h, 0, fmt, kind, data)
 
     def has_image(self, slot: int) -> bool:
         return self._images[slot] is not None
@@ -231,10 +243,10 @@ class Reprojector:
         GL.glDisable(GL.GL_DEPTH_TEST)
         GL.glUseProgram(self._ray)
         tans = np.tan([fov.angle_left, fov.angle_right, fov.angle_down, fov.angle_up])
-        GL.glUniform1i(GL.glGetUniformLocation(self._ray, "u_color"), 0)
-        GL.glUniform2f(GL.glGetUniformLocation(self._ray, "u_size"), w, h)
-        GL.glUniform4f(GL.glGetUniformLocation(self._ray, "u_dst_tan"), *tans)
-        GL.glUniformMatrix3fv(GL.glGetUniformLocation(self._ray, "u_srcpix_from_eye"), 1, GL.GL_TRUE,
+        GL.glUniform1i(self._u[self._ray, "u_color"], 0)
+        GL.glUniform2f(self._u[self._ray, "u_size"], w, h)
+        GL.glUniform4f(self._u[self._ray, "u_dst_tan"], *tans)
+        GL.glUniformMatrix3fv(self._u[self._ray, "u_srcpix_from_eye"], 1, GL.GL_TRUE,
                               srcpix_from_eye.astype(np.float32))
         GL.glBindVertexArray(self._empty_vao)
         GL.glDrawArrays(GL.GL_TRIANGLES, 0, 3)
@@ -246,16 +258,16 @@ class Reprojector:
             GL.glUseProgram(self._mesh)
             GL.glActiveTexture(GL.GL_TEXTURE1)
             GL.glBindTexture(GL.GL_TEXTURE_2D, depth)
-            GL.glUniform1i(GL.glGetUniformLocation(self._mesh, "u_color"), 0)
-            GL.glUniform1i(GL.glGetUniformLocation(self._mesh, "u_depth"), 1)
-            GL.glUniform2f(GL.glGetUniformLocation(self._mesh, "u_size"), w, h)
-            GL.glUniform4f(GL.glGetUniformLocation(self._mesh, "u_k"), k[0, 0], k[1, 1], k[0, 2], k[1, 2])
+            GL.glUniform1i(self._u[self._mesh, "u_color"], 0)
+            GL.glUniform1i(self._u[self._mesh, "u_depth"], 1)
+            GL.glUniform2f(self._u[self._mesh, "u_size"], w, h)
+            GL.glUniform4f(self._u[self._mesh, "u_k"], k[0, 0], k[1, 1], k[0, 2], k[1, 2])
             dh, dw = image.depth.shape
             kd = cameras.fov_to_intrinsics(image.fov, dw, dh)
-            GL.glUniform2f(GL.glGetUniformLocation(self._mesh, "u_dsize"), dw, dh)
-            GL.glUniform4f(GL.glGetUniformLocation(self._mesh, "u_kd"), kd[0, 0], kd[1, 1], kd[0, 2], kd[1, 2])
-            GL.glUniform1f(GL.glGetUniformLocation(self._mesh, "u_far_fill"), cfg.far_fill)
-            GL.glUniformMatrix4fv(GL.glGetUniformLocation(self._mesh, "u_clip_from_cv"), 1, GL.GL_TRUE,
+            GL.glUniform2f(self._u[self._mesh, "u_dsize"], dw, dh)
+            GL.glUniform4f(self._u[self._mesh, "u_kd"], kd[0, 0], kd[1, 1], kd[0, 2], kd[1, 2])
+            GL.glUniform1f(self._u[self._mesh, "u_far_fill"], cfg.far_fill)
+            GL.glUniformMatrix4fv(self._u[self._mesh, "u_clip_from_cv"], 1, GL.GL_TRUE,
                                   clip_from_cv.astype(np.float32))
             step = max(1, round(cfg.grid_step * dw / w))  # grid_step is in colour pixels
             vao, count = self._grid(dw, dh, step)
