@@ -31,6 +31,12 @@ class SplatConfig:
     max_half_px: float = 8.0
     near: float = 1e-3
 
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.max_half_px <= 31.0:  # footprint width is packed in 6 bits
+            raise ValueError(f"SplatConfig.max_half_px: must be in [0.5, 31], got {self.max_half_px}")
+        if not (self.radius_scale > 0 and self.near > 0):
+            raise ValueError("SplatConfig: radius_scale and near must be positive")
+
 
 @dataclass
 class PackedPoints:
@@ -150,24 +156,29 @@ def splat_into(
     y1 = torch.floor(v + ry).clamp(max=height - 1)
     # NaN points and points behind the near plane fail these comparisons and never land.
     keep = (z > config.near) & (x0 <= x1) & (y0 <= y1)
-    b_idx, p_idx = keep.nonzero(as_tuple=True)
-    if b_idx.numel() == 0:
+    m = xyz.shape[1]
+    lin = keep.view(-1).nonzero().squeeze(1)  # the one host sync of this layer
+    if lin.numel() == 0:
         return
-    x0, y0 = x0[b_idx, p_idx].int(), y0[b_idx, p_idx].int()
-    nx = x1[b_idx, p_idx].int() - x0 + 1
-    ny = y1[b_idx, p_idx].int() - y0 + 1
-    zbits = z[b_idx, p_idx].contiguous().view(torch.int32).long()
-    key = (zbits << 32) | gid[p_idx]
-    base = b_idx * (height * width) + (y0 * width + x0).long()
-    # Expand every footprint to its nx * ny pixels (int32 index maths: fragments < 2**31).
-    counts = (nx * ny).long()
+    b_idx = torch.div(lin, m, rounding_mode="floor")
+    take = lambda t: t.reshape(-1).index_select(0, lin)  # noqa: E731
+    x0, y0 = take(x0).long(), take(y0).long()
+    nx = take(x1).long() - x0 + 1
+    ny = take(y1).long() - y0 + 1
+    zbits = take(z).contiguous().view(torch.int32).long()
+    key = (zbits << 32) | gid.index_select(0, lin - b_idx * m)
+    # Per point: first pixel (< 2**40) and footprint width (< 2**6) packed in one int64, so each
+    # fragment needs three gathers (meta, key, first) to find its pixel.
+    meta = ((b_idx * (height * width) + y0 * width + x0) << 6) | nx
+    counts = nx * ny
     src = torch.repeat_interleave(torch.arange(len(counts), device=zbuf.device), counts)
-    first = (torch.cumsum(counts, 0) - counts).int()
-    k = torch.arange(src.numel(), device=zbuf.device, dtype=torch.int32) - first[src]
-    n = nx[src]
+    first = torch.cumsum(counts, 0) - counts
+    k = (torch.arange(src.numel(), device=zbuf.device) - first.index_select(0, src)).int()  # < 2**10
+    fm = meta.index_select(0, src)
+    n = (fm & 63).int()
     row = torch.div(k, n, rounding_mode="floor")
-    pix = base[src] + (row * width + (k - row * n)).long()
-    zbuf.scatter_reduce_(0, pix, key[src], reduce="amin")
+    pix = (fm >> 6) + (row * width + (k - row * n)).long()
+    zbuf.scatter_reduce_(0, pix, key.index_select(0, src), reduce="amin")
 
 
 def resolve_planes(zbuf: torch.Tensor, points: PackedPoints, batch: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
