@@ -73,10 +73,11 @@ def test_voxel_accumulator_matches_reference_across_merges():
     colors = rng.integers(0, 256, (n, 3)).astype(np.float32)
     footprint = rng.choice([0.02, 0.05, 0.3], n).astype(np.float32)
     acc = VoxelAccumulator(torch.device("cpu"), merge_every=700)  # several merges
+    use = rng.random(n) < 0.8
     for chunk in np.array_split(np.arange(n), 7):
-        acc.add(_t(np.concatenate([points[chunk], colors[chunk], footprint[chunk, None]], 1)))
+        acc.add(_t(np.concatenate([points[chunk], colors[chunk], footprint[chunk, None]], 1)), torch.from_numpy(use[chunk]))
     layer = acc.layer()
-    ref = _voxel_reference(points.astype(np.float64), colors, footprint.astype(np.float64))
+    ref = _voxel_reference(points[use].astype(np.float64), colors[use], footprint[use].astype(np.float64))
     assert len(layer) == len(ref)
     ref_pos = np.array([v[0] for v in ref.values()])
     ref_col = np.array([v[1] for v in ref.values()])

@@ -56,6 +56,7 @@ class FusionConfig:
     voxel_base: float = 1e-3
     detect_max_side: int = 480
     max_dynamic_points: int = 131_072
+    dynamic_batch: int = 8  # frames whose dynamic points are moved to the CPU together (one sync)
     merge_every: int = 4_000_000
 
 
@@ -118,23 +119,29 @@ class VoxelAccumulator:
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._pending_count = 0
 
-    def add(self, samples: torch.Tensor, weight: float = 1.0) -> None:
+    def add(self, samples: torch.Tensor, use: torch.Tensor | None = None, weight: float = 1.0) -> None:
         """samples (N, 7): world position (3, metres), colour (3, 0..255), pixel footprint (metres);
-        ``weight``: pixels each sample stands for (when the caller subsamples), for the observation count.
+        ``use`` (N,) bool: which samples count (default all); ``weight``: pixels each sample stands for
+        (when the caller subsamples), for the observation count.
 
-        No host-device synchronisation: samples beyond the key range get zero weight (dropped at
-        :meth:`layer`) instead of being filtered here.
+        No host-device synchronisation (no boolean indexing): unused samples and samples beyond the key
+        range get zero weight and key 0 (never a real voxel's), and voxels without weight are dropped
+        at :meth:`layer`.
         """
         if len(samples) == 0:
             return
-        points, colors, footprint = samples[:, 0:3], samples[:, 3:6], samples[:, 6]
+        points, colors = samples[:, 0:3], samples[:, 3:6]
+        footprint = samples[:, 6].clamp_min(1e-9)  # unused samples may have depth 0
         level = torch.ceil(torch.log2(self.factor * footprint / self.base)).clamp(0, _MAX_LEVEL)
         size = self.base * torch.exp2(level)
         cell = torch.floor(points / size[:, None])
         inside = (cell.abs() < _OFF - 1).all(-1)
+        if use is not None:
+            inside &= use
         cell = torch.where(inside[:, None], cell, torch.zeros_like(cell))
         idx = cell.long() + _OFF
         key = (level.long() << (3 * _BITS)) | (idx[:, 0] << (2 * _BITS)) | (idx[:, 1] << _BITS) | idx[:, 2]
+        key = torch.where(inside, key, torch.zeros_like(key))
         offset = points - (cell + 0.5) * size[:, None]
         obs = (footprint / size).square() * weight
         values = torch.cat([offset, colors, obs[:, None], torch.ones_like(obs)[:, None]], 1) * inside[:, None]
@@ -214,12 +221,18 @@ class WorldFuser:
         self.static = VoxelAccumulator(self.device, self.config.voxel_factor, self.config.voxel_base,
                                        self.config.merge_every)
         self._dynamic: list[PointLayer] = []
+        self._dynamic_pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._times: list[float] = []
         self._poses: list[np.ndarray] = []
         self._intrinsics: list[np.ndarray] = []
         self._size: tuple[int, int] | None = None
         self.dynamic_pixels = 0
-        self.static_pixels = 0
+        self._static_pixels = torch.zeros((), dtype=torch.int64, device=self.device)
+
+    @property
+    def static_pixels(self) -> int:
+        """Static pixel samples merged so far."""
+        return int(self._static_pixels)
 
     @property
     def frame_count(self) -> int:
@@ -253,6 +266,7 @@ class WorldFuser:
             raise ValueError("no frames to fuse")
         while self._next < self._count:
             self._classify(self._next)
+        self._flush_dynamic()
         offsets = np.zeros(self._count + 1, np.int64)
         offsets[1:] = np.cumsum([len(layer) for layer in self._dynamic])
         return WorldState(
@@ -310,28 +324,47 @@ class WorldFuser:
         # surface) together still sample every pixel at a fraction of the merge cost.
         phase = position % (s * s)
         pv, pu = divmod(phase, s)
-        static_sel = (valid & ~dynamic)[pv::s, pu::s]
-        samples = features[pv::s, pu::s][static_sel][:, :7]
-        self.static_pixels += len(samples)
-        self.static.add(samples, weight=float(s * s))
-        self._dynamic.append(self._dynamic_layer(features, dynamic))
+        static_sel = (valid & ~dynamic)[pv::s, pu::s].reshape(-1)
+        self._static_pixels += static_sel.sum()
+        self.static.add(features[pv::s, pu::s, :7].reshape(-1, 7), static_sel, weight=float(s * s))
+        self._dynamic_pending.append((features, dynamic))
+        if len(self._dynamic_pending) >= self.config.dynamic_batch:
+            self._flush_dynamic()
 
         self._next += 1
         # Drop frames no later frame will need as a neighbour.
         while self._ring and self._ring[0].position < self._next - self._behind:
             self._ring.popleft()
 
-    def _dynamic_layer(self, features: torch.Tensor, dynamic: torch.Tensor) -> PointLayer:
-        """The dynamic pixels' points; radius = pixel footprint * sqrt(2) / 2 (half the pixel diagonal)."""
-        pixels = dynamic.nonzero()
-        n = len(pixels)
+    def _flush_dynamic(self) -> None:
+        """Move the pending frames' dynamic points to the CPU: one device sync for the whole batch."""
+        if not self._dynamic_pending:
+            return
+        pending, self._dynamic_pending = self._dynamic_pending, []
+        pixels = torch.stack([m for _, m in pending]).nonzero()  # (M, 3): frame, row, column, frame-major
+        counts = torch.bincount(pixels[:, 0], minlength=len(pending)).cpu().numpy()
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        width = pending[0][1].shape[1]
+        rows = torch.cat([features.reshape(-1, features.shape[-1])[pixels[a:b, 1] * width + pixels[a:b, 2]]
+                          for (features, _), a, b in zip(pending, starts[:-1], starts[1:])]).cpu().numpy()
+        pixels = pixels.cpu().numpy()
+        for frame_rows, frame_pixels in zip(np.split(rows, np.cumsum(counts)[:-1]),
+                                            np.split(pixels, np.cumsum(counts)[:-1])):
+            self._dynamic.append(self._dynamic_layer(frame_rows, frame_pixels[:, 1:]))
+
+    def _dynamic_layer(self, rows: np.ndarray, pixels: np.ndarray) -> PointLayer:
+        """One frame's dynamic points from its (n, 8) feature rows at pixels (n, 2) (row, column).
+
+        Radius = pixel footprint * sqrt(2) / 2 (half the pixel diagonal); beyond ``max_dynamic_points``
+        only every step-th pixel in both directions is kept and radii grow to cover the skipped ones.
+        """
+        n = len(rows)
         self.dynamic_pixels += n
         step = 1
         if n > self.config.max_dynamic_points:
-            # Keep every step-th pixel in both directions; radii grow to cover the skipped ones.
             step = math.ceil(math.sqrt(n / self.config.max_dynamic_points))
-            pixels = pixels[((pixels[:, 0] % step) == 0) & ((pixels[:, 1] % step) == 0)]
-        rows = features[pixels[:, 0], pixels[:, 1]].cpu().numpy()
+            keep = (pixels[:, 0] % step == 0) & (pixels[:, 1] % step == 0)
+            rows = rows[keep]
         return PointLayer(
             np.ascontiguousarray(rows[:, 0:3], np.float32),
             np.clip(np.round(rows[:, 3:6]), 0, 255).astype(np.uint8),
