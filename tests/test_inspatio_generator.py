@@ -128,3 +128,20 @@ def test_stereo_reprojection_disparity():
     depth2[0, :, 10] = 1.0  # a near column: shifts 4 px instead of 2, lands on column 6 over the far column 8
     c2, d2, _ = reproject_views(color, depth2, k, rel[1:], k[None])
     assert torch.equal(c2[0, 0][:, 6], color[0][:, 10]) and torch.allclose(d2[0, 0][:, 6], torch.ones(h))
+
+
+def test_umt5_prompt_embedding_drops_padding(tmp_path):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from gen_server.generators.inspatio.text_embed import embed_token_ids
+    torch.manual_seed(0)
+    enc = UMT5EncoderModel(UMT5Config(vocab_size=50, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)).eval()
+    ids = torch.tensor([[5, 9, 3, 1, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
+    emb = embed_token_ids(enc, ids, mask)
+    assert emb.shape == (4, 16)
+    with torch.no_grad():
+        full = enc(input_ids=ids, attention_mask=mask).last_hidden_state[0]
+    torch.testing.assert_close(emb, full[:4])
+    save_prompt_embedding(tmp_path / "e.safetensors", emb, "a prompt")
+    torch.testing.assert_close(load_prompt_embedding(tmp_path / "e.safetensors", text_dim=16), emb)
