@@ -43,8 +43,8 @@ def _print(calibration, json_out: bool, history_len: int, where: str) -> None:
     t = calibration.transform
     print(f"calibration: {where}")
     print(f"scale: {t.scale:.6g} world units per metre ({d['sources'].get('scale', '?')})")
-    print(f"floor: up {[round(v, 4) for v in t.up]}, offset {t.floor_offset:g} m ({d['sources'].get('floor', '?')})")
-    print(f"origin: {[round(v, 4) for v in t.origin]} ({d['sources'].get('origin', '?')})")
+    print(f"floor: up {[round(v, 4) + 0.0 for v in t.up]}, floor offset {t.floor_offset:g} m ({d['sources'].get('floor', '?')})")
+    print(f"origin: {[round(v, 4) + 0.0 for v in t.origin]} ({d['sources'].get('origin', '?')})")
     print(f"yaw: heading {math.degrees(t.heading):.2f} deg + user {math.degrees(t.yaw_offset):.2f} deg")
     print(f"history: {history_len} earlier version(s); last change: {calibration.note or '-'}")
 
@@ -103,7 +103,7 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         if isinstance(e, InputError):
             raise
-        raise InputError(f"timewalk calibrate: {e}") from None
+        raise InputError(str(e)) from None
 
     if changed:
         if current is not None:
