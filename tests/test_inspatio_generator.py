@@ -145,3 +145,34 @@ def test_umt5_prompt_embedding_drops_padding(tmp_path):
     torch.testing.assert_close(emb, full[:4])
     save_prompt_embedding(tmp_path / "e.safetensors", emb, "a prompt")
     torch.testing.assert_close(load_prompt_embedding(tmp_path / "e.safetensors", text_dim=16), emb)
+
+
+def test_asynchronous_mode_never_waits(world_dir):
+    """First call: geometric render (nothing generated yet); once the worker has a block, generated frames."""
+    import time
+
+    from gen_server.generators.inspatio.generator import InSpatioGenerator
+    from gen_server.render.renderer import Renderer
+    world = _world()
+    gen = InSpatioGenerator(world, device="cpu", checkpoint=str(world_dir / "dit.safetensors"),
+                            taehv=str(world_dir / "taew2_1.pth"), world_dir=str(world_dir),
+                            dit_config=tiny_dit_config(), taehv_config=tiny_taehv_config(), stream_config=STREAM,
+                            asynchronous=True)
+    try:
+        fov = cameras.Fov(-0.6, 0.6, 0.45, -0.45)
+        pose = np.eye(4)[None]
+        first = gen.render_views(pose, [fov], 48, 32, 0.0)
+        geo = Renderer(world, device="cpu").render_fov(pose, [fov], 48, 32, 0.0)
+        assert torch.equal(first.color, geo.color) and torch.equal(first.depth, geo.depth)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(gen.queue) < 9:
+            time.sleep(0.05)
+        assert gen.worker_error is None and len(gen.queue) >= 9
+        frame = gen.queue[0]  # first block: frames 3..11 of a block started at tau 0
+        assert frame.tau == pytest.approx(3 / FPS)
+        out = gen.render_views(pose, [fov], 48, 32, frame.tau)
+        v = out.valid[0]
+        assert v.float().mean() > 0.9 and torch.equal(out.color[0][v], frame.color[0][v])
+    finally:
+        gen.close()
+    assert not gen._worker.is_alive()

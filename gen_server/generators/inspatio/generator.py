@@ -9,9 +9,15 @@ server asks for, so head motion since the block started is bridged like the clie
 
 Stereo modes: "reproject" (default) generates one centre view and reprojects it to both eyes; "batched"
 generates both eyes as a batch of two (twice the DiT cost).
+
+Scheduling: synchronous by default (a call that finds no frame waits for a block). With
+`asynchronous=True` a worker thread generates blocks ahead from the latest requested pose and time, and
+`render_views` never waits: it returns the generated frame for tau if one is ready, else the plain geometric
+render (the anchored world state keeps head motion real-time; the DiT refines when it can).
 """
 from __future__ import annotations
 
+import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +97,7 @@ class InSpatioGenerator:
                  world_dir: str | None = None, engine: str = "eager", prompt_embedding: str | None = None,
                  stereo: str = "reproject", engine_cache: str | None = None, seed: int = 0,
                  dit_config: DiTConfig | None = None, taehv_config: TAEHVConfig | None = None,
-                 stream_config: StreamConfig | None = None, **_options) -> None:
+                 stream_config: StreamConfig | None = None, asynchronous: bool = False, **_options) -> None:
         from gen_server.render.renderer import Renderer
 
         if stereo not in ("reproject", "batched"):
@@ -125,6 +131,22 @@ class InSpatioGenerator:
         self.queue: deque[GeneratedFrame] = deque()
         self.last_tau: float | None = None
         self.dtau = 1.0 / max(world.fps, 1e-6)
+        self._lock = threading.Lock()
+        self._request = None  # latest (world_from_eye, fovs, tau, dtau) for the worker
+        self._reset_pending = False
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self.worker_error: BaseException | None = None
+        self._worker = None
+        if asynchronous:
+            self._worker = threading.Thread(target=self._produce, name="inspatio-generator", daemon=True)
+            self._worker.start()
+
+    def close(self) -> None:
+        """Stop the worker thread (asynchronous mode)."""
+        self._stop.set()
+        self._wake.set()
+        if self._worker is not None:
+            self._worker.join(timeout=30)
 
     # -- stream control ------------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -176,10 +198,57 @@ class InSpatioGenerator:
         frames = self.out_tae.decode(latents.to(self.tae_dtype))  # (V, <=12, 3, H, W) in [0, 1]
         first = n - frames.shape[1]  # the stream's first block loses the decoder's startup frames
         rgb = (frames.float() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2)
-        for i in range(frames.shape[1]):
-            self.queue.append(GeneratedFrame(rgb[:, i], depth[:, first + i], world_from_view, ks,
-                                             float(taus[first + i])))
-        return frames.shape[1]
+        made = [GeneratedFrame(rgb[:, i], depth[:, first + i], world_from_view, ks, float(taus[first + i]))
+                for i in range(frames.shape[1])]
+        with self._lock:
+            self.queue.extend(made)
+        return len(made)
+
+    # -- asynchronous worker -------------------------------------------------------------------------------
+    def _produce(self) -> None:
+        """Keep about one block of frames ahead of the latest request; resets happen here, between blocks."""
+        while not self._stop.is_set():
+            self._wake.wait(0.05)
+            self._wake.clear()
+            with self._lock:
+                request, reset = self._request, self._reset_pending
+                self._reset_pending = False
+                backlog = len(self.queue)
+                tail_tau = self.queue[-1].tau if self.queue else None
+            if reset:
+                self.reset()
+                tail_tau = None
+            if request is None or backlog >= self.stream.video_frames_per_block:
+                continue
+            world_from_eye, fovs, tau, dtau = request
+            start = tau if tail_tau is None else tail_tau + dtau  # continue the queued frames' timeline
+            try:
+                poses, vfovs = self._view_poses(world_from_eye, fovs)
+                self.generate_block(poses, vfovs, start, dtau)
+            except BaseException as exc:  # noqa: BLE001 - surfaced by render_views, the server stays up
+                self.worker_error = exc
+                return
+
+    def _render_async(self, world_from_eye, fovs, width: int, height: int, tau: float, seek: bool) -> Views:
+        period = 1.0 / max(self.world.fps, 1e-6)
+        if self.worker_error is not None:
+            raise RuntimeError(f"inspatio generator worker failed: {self.worker_error!r}")
+        frame = None
+        with self._lock:
+            if seek:
+                self.queue.clear()
+                self._reset_pending = True
+            ahead = 1.0 if self.dtau >= 0 else -1.0
+            while self.queue and ahead * (tau - self.queue[0].tau) > 0.5 * period:
+                self.queue.popleft()  # frames for times already passed
+            if self.queue and abs(self.queue[0].tau - tau) <= 1.5 * period:
+                frame = self.queue.popleft()
+            self._request = (world_from_eye.copy(), list(fovs), tau, self.dtau)
+        self._wake.set()
+        if frame is None:  # nothing generated for this time yet: the anchored world's own render
+            out = self.renderer.render_fov(world_from_eye, list(fovs), width, height, tau)
+            return Views(color=out.color, depth=out.depth, valid=out.valid)
+        return self._to_eyes(frame, world_from_eye, fovs, width, height)
 
     # -- the seam ------------------------------------------------------------------------------------------
     def render_views(self, world_from_eye: np.ndarray, fovs: list, width: int, height: int, tau: float) -> Views:
@@ -193,6 +262,8 @@ class InSpatioGenerator:
         if self.last_tau is not None and not seek:
             self.dtau = tau - self.last_tau  # 0 while paused: the block holds its time; < 0 in reverse
         self.last_tau = tau
+        if self._worker is not None:
+            return self._render_async(world_from_eye, fovs, width, height, tau, seek)
         if seek or (self.queue and abs(self.queue[0].tau - tau) > self.SEEK_S):
             self.reset()  # the queued frames and the DiT context are for another time
         while not self.queue:
