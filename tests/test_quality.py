@@ -1,7 +1,6 @@
 """Fused world vs InSpatio-World's single-frame forward warp on held-out views of the synthetic scene."""
 
 import numpy as np
-import pytest
 
 from gen_server.benchmarks.quality import held_out_pose, psnr, run, single_frame_warp
 from gen_server.world.synth import SyntheticScene
