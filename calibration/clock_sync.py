@@ -94,6 +94,10 @@ class ClockSync:
         self._refit()
         return accepted
 
+    def add_pong(self, pong, t3_ns: int) -> bool:
+        """Add a ``gen_server.protocol.Pong`` (t0 echoed, t1/t2 server clock) received at client ``t3_ns``."""
+        return self.add_sample(pong.t0_ns, pong.t1_ns, pong.t2_ns, t3_ns)
+
     def _threshold(self, rtts: np.ndarray) -> float:
         lo, med = float(rtts.min()), float(np.median(rtts))
         return lo + max(float(self.config.min_slack_ns), self.config.slack_factor * (med - lo))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -118,7 +120,7 @@ def test_real_loopback_zmq_recovers_known_offset():
             pong = P.decode(sock.recv_multipart())
             t3 = time.monotonic_ns()
             assert isinstance(pong, P.Pong) and pong.seq == seq
-            sync.add_sample(pong.t0_ns, pong.t1_ns, pong.t2_ns, t3)
+            sync.add_pong(pong, t3)
     finally:
         stop.set()
         sock.close()
@@ -129,3 +131,32 @@ def test_real_loopback_zmq_recovers_known_offset():
     now = time.monotonic_ns()
     assert abs(sync.server_time(now) - (now + offset)) < 500_000
     assert abs(sync.drift_ppm) < 1000  # same physical clock: any fitted drift is noise, bounded by the config
+
+
+def test_drift_fit_matches_polyfit_reference():
+    """Clean samples (no stalls): the fitted line equals numpy's least-squares polyfit of offset vs time."""
+    rng = np.random.default_rng(4)
+    sync = ClockSync()
+    t, y = [], []
+    for i in range(100):
+        t0 = 10**12 + i * 100_000_000
+        half = 150_000
+        off = 2.5e9 + 30e-6 * (t0 - 10**12) + rng.normal(0, 3_000)  # 30 ppm + 3 us noise in t1
+        t1 = int(t0 + half + off)
+        sample = (t0, t1, t1 + 10_000, t0 + 2 * half + 10_000)
+        sync.add_sample(*sample)
+        s = ClockSample(*sample)
+        t.append(s.client_mid_ns - 10**12)
+        y.append(s.offset_ns)
+    slope, intercept = np.polyfit(np.array(t, float), np.array(y), 1)
+    assert sync.rejected == 0
+    assert sync.drift_ppm == pytest.approx(slope * 1e6, rel=1e-6)
+    c = 10**12 + t[-1]
+    assert sync.offset_at(c) == pytest.approx(intercept + slope * t[-1], abs=1.0)
+    assert abs(sync.drift_ppm - 30.0) < 0.5
+
+
+def test_calibration_imports_without_torch_or_scipy():
+    code = "import sys, calibration, calibration.store; print(sorted(m for m in ('torch', 'scipy', 'gen_server.render') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
