@@ -34,7 +34,11 @@ def apply_grab(calibration: Calibration, delta_translation, delta_yaw: float, sc
     new = calibration.world_from_stage @ invert_similarity(g)
     transform = calibration.transform.with_matrix(new)
     sources = dict(calibration.sources)
-    sources["scale" if scale_factor != 1 else "origin"] = "grip gesture"
+    sources["origin"] = "grip gesture"  # any grab about a pivot off the origin moves it
+    if delta_yaw != 0:
+        sources["yaw"] = "grip gesture"
+    if scale_factor != 1:
+        sources["scale"] = "grip gesture"
     return Calibration(transform, sources, note="grab")
 
 
