@@ -81,9 +81,10 @@ def load_dit(path: str | Path, cfg: DiTConfig | None = None, device="cpu",
     state = read_dit_state(path)
     with torch.device("meta"):
         model = CausalWanDiT(cfg)
-    model = model.to_empty(device="cpu")
-    load_state_into(model, {k: v.float() for k, v in state.items()}, str(path))
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    # Allocate once on the target device in the target dtype; load_state_dict's copy_ casts.
+    model = model.to_empty(device=device).to(dtype)
+    load_state_into(model, state, str(path))
+    return model.eval().requires_grad_(False)
 
 
 def save_dit(model: CausalWanDiT, path: str | Path, prefix: str = "model.") -> None:
