@@ -490,7 +490,14 @@ class StreamServer:
     def _send(self, identity: bytes, msg: P.Message) -> bool:
         """Non-blocking send; False (and nothing queued) when the client's pipe is full or gone."""
         try:
-            self.socket.send_multipart([identity, *P.encode(msg)], flags=zmq.NOBLOCK, copy=False)
+            frames = P.encode(msg)
+        except P.ProtocolError as e:  # e.g. a header grown past the limit: report it, never crash the loop
+            self.stats.totals["unencodable"] += 1
+            if not isinstance(msg, P.Error):
+                self._send(identity, P.Error("server_error", str(e), about=msg.TYPE))
+            return False
+        try:
+            self.socket.send_multipart([identity, *frames], flags=zmq.NOBLOCK, copy=False)
             return True
         except zmq.Again:
             return False
