@@ -12,7 +12,7 @@ from gen_server.errors import InputError
 from gen_server.generators.inspatio.config import tiny_dit_config, tiny_stream_config, tiny_taehv_config
 from gen_server.generators.inspatio.dit import CausalWanDiT
 from gen_server.generators.inspatio.engines import (TAEChunkGraph, export_prefill_onnx, export_step_onnx,
-                                                    export_tae_onnx, make_runner, step_graph_inputs)
+                                                    export_tae_onnx, make_runner)
 from gen_server.generators.inspatio.streaming import EagerRunner, pad_context
 from gen_server.generators.inspatio.taehv import TAEHV, TAEHVStream
 
