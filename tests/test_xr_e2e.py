@@ -215,17 +215,21 @@ def test_xcb_screenshot_shows_what_the_server_rendered(rig):
 
 
 def test_no_validation_errors(rig):
+    """Also the other GL binding: XR_KHR_opengl_enable with a hidden glfw (GLX) window on Xvfb."""
     root, server, logs = rig
     root.start_monado("null")
     try:
         stats, log, _, _ = run_client(root, server, 5.0, f"{xr_root.RUN}/client_valid.json", feed=script,
-                                      extra_env={"XR_ENABLE_API_LAYERS": "XR_APILAYER_LUNARG_core_validation"})
+                                      extra_env={"XR_ENABLE_API_LAYERS": "XR_APILAYER_LUNARG_core_validation"},
+                                      extra_args=["--gl", "glx"])
     finally:
         root.stop("monado")
     session = stats["session"]
     assert any("core_validation" in name for name in session["api_layers"]), \
         f"validation layer not loaded: {session['api_layers']}\n{log[-2000:]}"
     assert "FOCUSED" in session["states"] and session["frames_submitted"] > 20
+    assert session["backend"] == "glx"
+    assert stats["client"]["frames_shown"] >= 1, log[-2000:]
     assert "Core Validation Layer is initialized" in log  # it ran (it says so at debug level) ...
     bad = [line for line in log.splitlines() if "VALID_ERROR" in line or "VALID_WARNING" in line]  # ... silently
     assert not bad, "validation layer reported:\n" + "\n".join(bad[:20])

@@ -17,14 +17,31 @@ class GLContextError(RuntimeError):
     """No OpenGL context could be created; the message says what to install or set."""
 
 
+_PLATFORMS = {"egl": ("OpenGL.platform.egl", "EGLPlatform"), "glx": ("OpenGL.platform.glx", "GLXPlatform")}
+
+
 def use_platform(platform: str) -> None:
-    """Select PyOpenGL's platform ('egl' or 'glx') before OpenGL is imported; no-op if already chosen."""
+    """Bind PyOpenGL to ``platform`` ('egl' or 'glx') before OpenGL.GL is imported.
+
+    ``OpenGL.platform`` may already be imported (pyopenxr imports it, and on Linux swaps in a GLX
+    platform object without re-exporting its functions): then install the wanted platform again, so
+    that the current-context lookups PyOpenGL makes match the context we create.
+    """
+    if platform not in _PLATFORMS:
+        raise GLContextError(f"unknown OpenGL platform {platform!r} (egl or glx)")
     if "OpenGL.GL" in sys.modules:
         current = os.environ.get("PYOPENGL_PLATFORM", "glx")
         if current != platform:
             raise GLContextError(f"OpenGL already imported for platform {current!r}; cannot switch to {platform!r}")
         return
     os.environ["PYOPENGL_PLATFORM"] = platform
+    if "OpenGL.platform" in sys.modules:
+        import importlib
+
+        import OpenGL.platform as gl_platform
+
+        module, cls = _PLATFORMS[platform]
+        getattr(importlib.import_module(module), cls)().install(vars(gl_platform))
 
 
 @dataclass

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -89,6 +89,7 @@ class SessionStats:
     swapchain_size: tuple[int, int] = (0, 0)
     end_reason: str = ""
     api_layers: list[str] = field(default_factory=list)   # API layer libraries loaded in this process
+    prediction_s: float = 0.0                                # last pose-prediction horizon used
 
     def summary(self) -> dict:
         dts = np.diff(self.wait_times) if len(self.wait_times) > 2 else np.array([])
@@ -101,7 +102,7 @@ class SessionStats:
             "cpu_ms_p95": float(np.percentile(self.cpu_ms, 95)) if self.cpu_ms else 0.0,
             "runtime": self.runtime, "system": self.system, "backend": self.backend, "space": self.space,
             "depth_submitted": self.depth_submitted, "swapchain_size": list(self.swapchain_size),
-            "end_reason": self.end_reason, "api_layers": self.api_layers,
+            "end_reason": self.end_reason, "api_layers": self.api_layers, "prediction_s": self.prediction_s,
         }
 
 
@@ -162,8 +163,6 @@ class XrSession:
 
         # GL context first: the session needs its handles.
         if self.backend == "egl":
-            from OpenGL import EGL
-
             try:
                 self._gl = create_egl_context(4, 5)
             except GLContextError:
@@ -173,7 +172,6 @@ class XrSession:
                 get_proc_address=ctypes.cast(libegl.eglGetProcAddress, xr.PFN_xrEglGetProcAddressMNDX),
                 display=self._gl.display, config=self._gl.config, context=self._gl.context)
             exts = [xr.KHR_OPENGL_ENABLE_EXTENSION_NAME, xr.MNDX_EGL_ENABLE_EXTENSION_NAME]
-            del EGL
         else:
             from OpenGL import GLX
 
@@ -333,8 +331,9 @@ class XrSession:
         head = pose_matrix(xr.locate_space(self.view_space, self.space, when_ns).pose)
         return eyes, head
 
-    def run(self, renderer: FrameRenderer, latency_s: float = 0.05) -> SessionStats:
-        """Create everything, loop until EXITING / loss / limits, destroy everything."""
+    def run(self, renderer: FrameRenderer, latency_s: float | Callable[[], float] = 0.05) -> SessionStats:
+        """Create everything, loop until EXITING / loss / limits, destroy everything. ``latency_s``: the
+        pose-prediction horizon for the server's poses, a number or a function asked every frame."""
         import xr
         from OpenGL import GL
 
@@ -361,9 +360,13 @@ class XrSession:
                 xr.begin_frame(self.session)
                 layers = []
                 if frame_state.should_render:
+                    # The runtime's GL client code may switch contexts inside xrWaitFrame/BeginFrame.
+                    self._gl.make_current()
                     t_disp = frame_state.predicted_display_time
                     views, head = self._locate(t_disp, sizes)
-                    pviews, phead = self._locate(t_disp + int(latency_s * 1e9), sizes)
+                    horizon = latency_s() if callable(latency_s) else latency_s
+                    self.stats.prediction_s = horizon
+                    pviews, phead = self._locate(t_disp + int(horizon * 1e9), sizes)
                     info = FrameInfo(self.stats.frames_submitted, t_disp, frame_state.predicted_display_period,
                                      views, head, pviews, phead, self.state == "FOCUSED")
                     renderer.begin(info, self)

@@ -25,6 +25,11 @@ from xr_client.hud import HudOverlay, HudState
 from xr_client.reprojection import EyeImage, ReprojectionConfig, Reprojector
 from xr_client.timeline_controls import ControlOutput, HandState, TimelineControls
 
+try:  # numpy-only; feeds the pose-prediction horizon when the calibration package is installed
+    from calibration.latency import shared_tracker
+except ImportError:  # pragma: no cover - client-only installs without calibration/
+    shared_tracker = None
+
 
 def yaw_degrees(world_from_eye: np.ndarray) -> float:
     """Heading of a pose about +Y in degrees (0 = looking down -Z, positive = turned left).
@@ -106,9 +111,16 @@ class ViewPipeline:
             self.frame = frame
             self.frames_shown += 1
             sent = self._pose_sent_ns.get(frame.pose_seq)
-            if sent is not None:
-                ready = frame.timings.get("received_ns", 0) + frame.timings.get("decode_ns", 0)
+            if sent is not None and "received_ns" in frame.timings:
+                received = frame.timings["received_ns"]
+                ready = received + frame.timings.get("decode_ns", 0)
                 self.latencies_ms.append((ready - sent) / 1e6)
+                if shared_tracker is not None:
+                    try:  # one client-clock timeline per frame: what pose prediction needs
+                        shared_tracker().add_frame({"pose_sampled": sent, "frame_received": received,
+                                                    "decoded": ready, "displayed": time.monotonic_ns()})
+                    except ValueError:
+                        pass
         self._update_hud()
         if self.config.record:
             rec = {"t": round(now, 4), "pose_yaw": self._last_pose_yaw, "state": self.stream.state}

@@ -17,17 +17,19 @@ from xr_client.pipeline import PipelineConfig, ViewPipeline
 log = logging.getLogger(__name__)
 
 DEFAULT_LATENCY_S = 0.05
+MAX_PREDICTION_S = 0.25  # extrapolating a head further ahead than this does more harm than good
 
 
 def latency_estimate_s() -> float:
-    """Pose-to-display latency used for prediction: calibration's estimate when it offers one, else 50 ms."""
+    """Pose-to-display latency used for prediction: calibration's measured horizon (the pipeline feeds
+    calibration.latency's shared tracker every frame) once it has one, else 50 ms; at most 250 ms."""
     try:
-        from calibration import latency  # type: ignore[attr-defined]
+        from calibration import latency
 
         value = float(latency.estimated_latency_s())
-        if 0.0 <= value < 1.0:
-            return value
-    except (ImportError, AttributeError, OSError, ValueError, TypeError):
+        if value >= 0.0:
+            return min(value, MAX_PREDICTION_S)
+    except (ImportError, AttributeError, ValueError, TypeError):
         pass
     return DEFAULT_LATENCY_S
 

@@ -64,13 +64,12 @@ def main(argv: list[str]) -> int:
                             pipeline=PipelineConfig(reprojection=ReprojectionConfig(grid_step=args.grid_step))))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: session.stop())
-    latency = latency_estimate_s() if args.latency_ms is None else args.latency_ms / 1e3
+    latency = latency_estimate_s if args.latency_ms is None else args.latency_ms / 1e3
     try:
         stats = session.run(app, latency_s=latency)
     finally:
         client_stats = app.close()
     summary = stats.summary()
-    summary["latency_prediction_s"] = latency
     print(f"timewalk xr: {summary['runtime']} / {summary['system']}: {summary['frames_submitted']} frames at "
           f"{summary['fps']:.1f} fps ({summary['backend']}, {summary['space']}, depth layer "
           f"{'on' if summary['depth_submitted'] else 'off'}); states {' -> '.join(summary['states'])}; "
