@@ -250,3 +250,11 @@ def test_cuda_matches_cpu():
     assert len(cpu.static) == len(gpu.static) and np.array_equal(cpu.dynamic_offsets, gpu.dynamic_offsets)
     assert np.abs(cpu.static.positions - gpu.static.positions).max() < 1e-4
     assert np.abs(cpu.dynamic.positions - gpu.dynamic.positions).max() < 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
+def test_compiled_detection_matches_eager_on_cuda():
+    frames, _ = _clip()
+    eager = fuse_frames(frames, CLIP_FPS, config=FusionConfig(compile=False), device="cuda")
+    compiled = fuse_frames(frames, CLIP_FPS, config=FusionConfig(compile=True), device="cuda")
+    assert np.array_equal(eager.dynamic_offsets, compiled.dynamic_offsets) and len(eager.static) == len(compiled.static)

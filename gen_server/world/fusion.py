@@ -31,6 +31,7 @@ build benchmark prints the measured peak.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -57,6 +58,7 @@ class FusionConfig:
     detect_max_side: int = 480
     max_dynamic_points: int = 131_072
     dynamic_batch: int = 8  # frames whose dynamic points are moved to the CPU together (one sync)
+    compile: bool | None = None  # torch.compile the detection kernel; None: on CUDA only
     merge_every: int = 4_000_000
 
 
@@ -226,6 +228,8 @@ class WorldFuser:
         self._poses: list[np.ndarray] = []
         self._intrinsics: list[np.ndarray] = []
         self._size: tuple[int, int] | None = None
+        want = self.config.compile
+        self._compiled = self.device.type == "cuda" if want is None else bool(want)
         self.dynamic_pixels = 0
         self._static_pixels = torch.zeros((), dtype=torch.int64, device=self.device)
 
@@ -310,8 +314,7 @@ class WorldFuser:
         points = unproject_depth_torch(cur.depth, cur.intrinsics, cur.world_from_cv)
         valid = cur.depth > 0
         det_points = points[::s, ::s]
-        dyn_small, conf_small = detect_dynamic(det_points, cur.view.rgb, cur.view.depth > 0, neighbours,
-                                               self.config.detect)
+        dyn_small, conf_small = self._detect(det_points, cur.view.rgb, cur.view.depth > 0, neighbours)
         h, w = cur.depth.shape
         dynamic = dyn_small.repeat_interleave(s, 0).repeat_interleave(s, 1)[:h, :w] & valid
         conf = conf_small.repeat_interleave(s, 0).repeat_interleave(s, 1)[:h, :w]
@@ -335,6 +338,15 @@ class WorldFuser:
         # Drop frames no later frame will need as a neighbour.
         while self._ring and self._ring[0].position < self._next - self._behind:
             self._ring.popleft()
+
+    def _detect(self, points, rgb, valid, neighbours):
+        if self._compiled:
+            try:
+                return detect_dynamic(points, rgb, valid, neighbours, self.config.detect, compiled=True)
+            except Exception as e:  # no compiler toolchain here: the eager kernel computes the same
+                warnings.warn(f"fusion: torch.compile unavailable ({type(e).__name__}: {e}); running eager")
+                self._compiled = False
+        return detect_dynamic(points, rgb, valid, neighbours, self.config.detect)
 
     def _flush_dynamic(self) -> None:
         """Move the pending frames' dynamic points to the CPU: one device sync for the whole batch."""
