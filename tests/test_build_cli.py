@@ -364,3 +364,17 @@ def test_inspatio_step2_folder(tmp_path, capsys):
     d0 = scene.render(poses[0], k, w, h, 0.0)[1].astype(np.float64)
     d, valid = _bilinear(d0, uv)
     assert valid.sum() > 0.3 * w * h and np.median(np.abs(z - d)[valid]) < 0.005
+
+
+def test_flag_errors_leave_nothing(dataset, tmp_path, capsys):
+    out = tmp_path / "world"
+    _fails(capsys, ["build", str(dataset), "-o", str(out), "--poses", str(dataset / "scene.json"), "--quiet"], out,
+           "--poses")
+    _fails(capsys, ["build", str(dataset), "-o", str(out), "--fps", "12", "--quiet"], out, "--fps")
+    _fails(capsys, ["build", str(dataset), "-o", str(out), "--depth-scale", "0", "--quiet"], out, "--depth-scale")
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    capsys.readouterr()
+    assert cli(["build", str(dataset), "-o", str(precious), "--quiet"]) == 2
+    assert "not a world directory" in capsys.readouterr().err and (precious / "notes.txt").read_text() == "keep me"

@@ -196,7 +196,6 @@ class _Prepared:
     """A frame in the ring buffer, on the fusion device."""
 
     position: int
-    frame: SourceFrame
     depth: torch.Tensor  # (H, W) float32, 0 = unknown
     rgb: torch.Tensor  # (H, W, 3) float32 0..255
     intrinsics: torch.Tensor  # (3, 3) float32
@@ -300,7 +299,7 @@ class WorldFuser:
         cv_from_world = torch.as_tensor(cv_from_world_np, dtype=torch.float32, device=dev)
         world_from_cv = torch.as_tensor(np.linalg.inv(cv_from_world_np), dtype=torch.float32, device=dev)
         view = DetectionView(depth[::s, ::s].contiguous(), detection_colors(rgb[::s, ::s] / 255.0), k, cv_from_world, s)
-        return _Prepared(len(self._times), frame, depth, rgb, k, world_from_cv, view)
+        return _Prepared(len(self._times), depth, rgb, k, world_from_cv, view)
 
     def _get(self, position: int) -> _Prepared | None:
         if not self._ring or position < self._ring[0].position or position > self._ring[-1].position:
