@@ -90,6 +90,8 @@ def run(width: int = 1440, height: int = 1600, vsyncs: int = 120, frame_every: i
     ctx.release()
 
     def summary(values):
+        if not values:
+            return {"mean": None, "p50": None, "p95": None}
         return {"mean": float(np.mean(values)), "p50": float(np.percentile(values, 50)),
                 "p95": float(np.percentile(values, 95))}
 
