@@ -34,25 +34,27 @@ def make_frames(frames: int, width: int, height: int, fps: float = 24.0, seed: i
 
 
 def run(device: str = "cpu", frames: int = 48, width: int = 960, height: int = 540, repeats: int = 2,
-        quiet: bool = False) -> dict:
+        quiet: bool = False, compile: bool | None = None) -> dict:
     """Time fusion of ``frames`` synthetic frames; returns (and prints) frames/s and machine info.
 
-    The first pass warms up (allocator, CUDA kernels); the best of ``repeats`` timed passes is reported.
+    The first pass warms up (allocator, CUDA kernels, torch.compile); the best of ``repeats`` timed
+    passes is reported. ``compile``: the detection kernel through torch.compile (None: on CUDA only).
     """
     import torch
 
     from gen_server.benchmarks.machine import describe, machine_info
-    from gen_server.world.fusion import fuse_frames, resolve_device
+    from gen_server.world.fusion import FusionConfig, fuse_frames, resolve_device
 
     dev = resolve_device(device)
     source = make_frames(frames, width, height)
-    fuse_frames(source[: min(len(source), 12)], 24.0, device=dev)  # warm-up
+    config = FusionConfig(compile=compile)
+    fuse_frames(source[: min(len(source), 12)], 24.0, config=config, device=dev)  # warm-up
     timings, world = [], None
     for _ in range(repeats):
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        world = fuse_frames(source, 24.0, device=dev)
+        world = fuse_frames(source, 24.0, config=config, device=dev)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         timings.append(time.perf_counter() - t0)
@@ -65,6 +67,7 @@ def run(device: str = "cpu", frames: int = 48, width: int = 960, height: int = 5
     result = {
         "benchmark": "build (fusion)",
         "device": str(dev),
+        "compiled": dev.type == "cuda" if compile is None else bool(compile),
         "frames": frames,
         "width": width,
         "height": height,
@@ -80,7 +83,8 @@ def run(device: str = "cpu", frames: int = 48, width: int = 960, height: int = 5
         "machine": info,
     }
     if not quiet:
-        print(f"build fusion: {frames} frames {width}x{height} on {dev}: {best:.2f} s, "
+        mode = "torch.compile" if result["compiled"] else "eager"
+        print(f"build fusion: {frames} frames {width}x{height} on {dev} ({mode}): {best:.2f} s, "
               f"{result['frames_per_second']:.1f} source frames/s ({result['megapixels_per_second']:.1f} MP/s); "
               f"static {result['static_points']:,} points, dynamic {result['dynamic_points']:,}")
         gpu = f", peak GPU memory {peak_gpu:.2f} GiB" if peak_gpu is not None else ""
@@ -96,9 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=960)
     p.add_argument("--height", type=int, default=540)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile the detection kernel (auto: on CUDA only)")
     p.add_argument("--json", action="store_true", help="also print the result dict as JSON")
     args = p.parse_args(argv)
-    result = run(args.device, args.frames, args.width, args.height, args.repeats)
+    result = run(args.device, args.frames, args.width, args.height, args.repeats,
+                 compile={"auto": None, "on": True, "off": False}[args.compile])
     if args.json:
         print(json.dumps(result, indent=2))
     return 0

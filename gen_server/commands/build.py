@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, help="resample a plain video to this frame rate")
     p.add_argument("--max-side", type=int, default=960, help="downscale frames so the longer side is at most this")
     p.add_argument("--device", choices=("cpu", "cuda"), help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile the dynamic-detection kernel (auto: on CUDA only; on: also on the CPU)")
     p.add_argument("--no-source-video", action="store_true", help="do not store the resampled colour as source.mp4")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -38,7 +40,8 @@ def main(argv: list[str]) -> int:
     summary = build_world(args.input, args.output, depth_model=args.depth_model, fps=args.fps,
                           max_side=args.max_side, device=args.device, depth_scale=args.depth_scale,
                           poses=args.poses, progress=not args.quiet,
-                          write_source_video=not args.no_source_video)
+                          write_source_video=not args.no_source_video,
+                          compile={"auto": None, "on": True, "off": False}[args.compile])
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
     else:

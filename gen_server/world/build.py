@@ -147,8 +147,12 @@ def _with_depth(source: FrameSource, path: str, depth_model, device: str | None,
 def build_world(input_path: str | Path, out_dir: str | Path, depth_model: str | None = None, fps: float | None = None,
                 max_side: int = 960, device: str | None = None, depth_scale: float = 1.0,
                 poses: str | Path | None = None, progress: bool = True, write_source_video: bool = True,
-                fusion_config=None) -> BuildSummary:
-    """Build the anchored world state of ``input_path`` into ``out_dir`` (atomic); returns the summary."""
+                fusion_config=None, compile: bool | None = None) -> BuildSummary:
+    """Build the anchored world state of ``input_path`` into ``out_dir`` (atomic); returns the summary.
+
+    ``compile``: run the dynamic-detection kernel through torch.compile (None: on CUDA only; it needs a
+    C++ compiler on the CPU and falls back to eager where compiling fails).
+    """
     import torch
     from tqdm import tqdm
 
@@ -172,6 +176,12 @@ def build_world(input_path: str | Path, out_dir: str | Path, depth_model: str | 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
     try:
+        if compile is not None:
+            from dataclasses import replace
+
+            from gen_server.world.fusion import FusionConfig
+
+            fusion_config = replace(fusion_config or FusionConfig(), compile=compile)
         fuser = WorldFuser(fusion_config, dev)
         writer = None
         bar = tqdm(total=info.frame_count or None, desc="build: depth + fusion", unit="frame", disable=not progress)
