@@ -134,15 +134,17 @@ def test_bad_arguments_exit_2_with_one_line(args, message):
 def test_desktop_window_under_xvfb(server, tmp_path):
     import os
     import shutil
-    import time
 
     if shutil.which("Xvfb") is None:
         pytest.skip("Xvfb not installed (scripts/bootstrap.sh installs it as root)")
-    display = ":93"
-    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "640x480x24", "-nolisten", "tcp", "-noreset"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    read_fd, write_fd = os.pipe()  # Xvfb picks a free display and writes its number here
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "640x480x24", "-nolisten", "tcp",
+                             "-noreset"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(write_fd,))
+    os.close(write_fd)
     try:
-        time.sleep(1.0)
+        with os.fdopen(read_fd, "rb") as f:
+            display = ":" + f.readline().decode().strip()
+        assert display != ":", "Xvfb did not start"
         stats = tmp_path / "desktop.json"
         proc = subprocess.run([sys.executable, "-m", "gen_server.cli", "view", "--server", server.address,
                                "--seconds", "4", "--width", "160", "--height", "120", "--stats", str(stats)],

@@ -24,7 +24,6 @@ from tests.xr.remote_driver import Controller, RemoteFeeder, RigState
 
 pytestmark = pytest.mark.xr
 REPO = Path(__file__).resolve().parents[1]
-DISPLAY = ":97"
 
 # The script (seconds since the feeder started): settle, yaw sweep, right trigger, left trigger, still.
 SWEEP = (2.0, 8.0)      # yaw = 30 deg * sin(2 pi (t - 2) / 3)
@@ -67,7 +66,7 @@ def rig(tmp_path_factory):
                               cwd=REPO, stdout=server_log, stderr=subprocess.STDOUT)
     server_log.close()
     try:
-        root.start_xvfb(DISPLAY)
+        root.start_xvfb()
         yield root, f"tcp://127.0.0.1:{port}", logs
     finally:
         root.stop_all()
@@ -81,7 +80,7 @@ def rig(tmp_path_factory):
 
 def run_client(root, server: str, seconds: float, stats: str, extra_env: dict | None = None,
                screenshot_at: float | None = None, feed=None, extra_args: list[str] | None = None) -> tuple[dict, str, Path | None, RemoteFeeder | None]:
-    env = {"PYTHONPATH": "/repo", "XDG_RUNTIME_DIR": xr_root.XDG, "DISPLAY": DISPLAY, **(extra_env or {})}
+    env = {"PYTHONPATH": "/repo", "XDG_RUNTIME_DIR": xr_root.XDG, "DISPLAY": root.display, **(extra_env or {})}
     client = root.start("client", ["/opt/twvenv/bin/python", "-m", "gen_server.cli", "xr", "--server", server,
                                    "--seconds", str(seconds), "--eye-scale", "0.25", "--stats", stats, "-v",
                                    *(extra_args or [])], env)
@@ -92,7 +91,7 @@ def run_client(root, server: str, seconds: float, stats: str, extra_env: dict | 
             feeder = RemoteFeeder(feed).start()
         if screenshot_at is not None:
             time.sleep(screenshot_at)
-            shot = root.screenshot(DISPLAY, f"{xr_root.RUN}/screen.xwd")
+            shot = root.screenshot(f"{xr_root.RUN}/screen.xwd")
         client.wait(seconds + 60)
     finally:
         if feeder is not None:
@@ -174,7 +173,7 @@ def test_xcb_screenshot_shows_what_the_server_rendered(rig):
     from xr_client.stream_client import StreamClient, StreamConfig
 
     root, server, logs = rig
-    root.start_monado("xcb", DISPLAY)
+    root.start_monado("xcb")
     try:
         stats, log, shot, _ = run_client(root, server, 9.0, f"{xr_root.RUN}/client_xcb.json", feed=still_then_pause,
                                          screenshot_at=7.0, extra_args=["--no-hud"])

@@ -39,6 +39,7 @@ class XrRoot:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen] = {}
+        self.display = ""
 
     def build(self) -> None:
         subprocess.run(["bash", str(SCRIPT), "build"], check=True)
@@ -60,10 +61,11 @@ class XrRoot:
         merged = {**BASE_ENV, **env}
         return ["chroot", str(self.path), "env", "-i", *[f"{k}={v}" for k, v in merged.items()], *argv]
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+              pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "wb")
         proc = subprocess.Popen(self._argv(argv, env or {}), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=pass_fds)
         log.close()
         self.procs[name] = proc
         return proc
@@ -93,22 +95,41 @@ class XrRoot:
             self.stop(name)
 
     # -- the services ---------------------------------------------------------------------------------
-    def start_xvfb(self, display: str = ":97") -> None:
-        self.start("xvfb", ["Xvfb", display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp", "-noreset"])
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.run(["xdpyinfo"], {"DISPLAY": display}, timeout=10).returncode == 0:
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"Xvfb did not come up:\n{self.log('xvfb')}")
+    def start_xvfb(self) -> str:
+        """Start Xvfb on a free display (X's abstract sockets are shared with the host, so no fixed
+        number); returns and remembers the DISPLAY value."""
+        read_fd, write_fd = os.pipe()
+        try:
+            self.start("xvfb", ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x1024x24",
+                                "-nolisten", "tcp", "-noreset"], pass_fds=(write_fd,))
+            os.close(write_fd)
+            write_fd = -1
+            number = b""
+            deadline = time.monotonic() + 15
+            while not number.endswith(b"\n") and time.monotonic() < deadline:
+                chunk = os.read(read_fd, 16)
+                if not chunk:
+                    break
+                number += chunk
+        finally:
+            os.close(read_fd)
+            if write_fd >= 0:
+                os.close(write_fd)
+        if not number.strip().isdigit():
+            raise RuntimeError(f"Xvfb did not come up:\n{self.log('xvfb')}")
+        self.display = f":{number.strip().decode()}"
+        if self.run(["xdpyinfo"], {"DISPLAY": self.display}, timeout=10).returncode != 0:
+            raise RuntimeError(f"Xvfb on {self.display} does not answer:\n{self.log('xvfb')}")
+        return self.display
 
-    def start_monado(self, compositor: str, display: str = ":97", framerate: int | None = None) -> None:
+    def start_monado(self, compositor: str, display: str | None = None, framerate: int | None = None) -> None:
         env = {"XDG_RUNTIME_DIR": XDG, "XRT_NO_STDIN": "1", "XRT_LOG": "info", "P_OVERRIDE_ACTIVE_CONFIG": "remote"}
         if compositor == "null":
             env["XRT_COMPOSITOR_NULL"] = "1"
         else:
             # Half-size eyes: llvmpipe on a 2-core CI machine, not a headset.
-            env.update(XRT_COMPOSITOR_FORCE_XCB="1", DISPLAY=display, XRT_COMPOSITOR_SCALE_PERCENTAGE="50")
+            env.update(XRT_COMPOSITOR_FORCE_XCB="1", DISPLAY=display or self.display,
+                       XRT_COMPOSITOR_SCALE_PERCENTAGE="50")
         if framerate:
             env["XRT_COMPOSITOR_DEFAULT_FRAMERATE"] = str(framerate)
         sock = self.host_path(XDG) / "monado_comp_ipc"
@@ -124,8 +145,8 @@ class XrRoot:
             time.sleep(0.1)
         raise RuntimeError(f"monado-service did not come up:\n{self.log('monado')[-3000:]}")
 
-    def screenshot(self, display: str, inside_path: str) -> Path:
-        out = self.run(["xwd", "-root", "-silent", "-out", inside_path], {"DISPLAY": display}, timeout=20)
+    def screenshot(self, inside_path: str) -> Path:
+        out = self.run(["xwd", "-root", "-silent", "-out", inside_path], {"DISPLAY": self.display}, timeout=20)
         if out.returncode != 0:
             raise RuntimeError(f"xwd failed: {out.stderr.decode(errors='replace')}")
         return self.host_path(inside_path)
