@@ -232,3 +232,30 @@ def test_no_validation_errors(rig):
     assert "Core Validation Layer is initialized" in log  # it ran (it says so at debug level) ...
     bad = [line for line in log.splitlines() if "VALID_ERROR" in line or "VALID_WARNING" in line]  # ... silently
     assert not bad, "validation layer reported:\n" + "\n".join(bad[:20])
+
+
+def test_runtime_dying_ends_the_client_cleanly(rig):
+    root, server, logs = rig
+    root.start_monado("null")
+    env = {"PYTHONPATH": "/repo", "XDG_RUNTIME_DIR": xr_root.XDG, "DISPLAY": root.display}
+    stats_inside = f"{xr_root.RUN}/client_loss.json"
+    client = root.start("client", ["/opt/twvenv/bin/python", "-m", "gen_server.cli", "xr", "--server", server,
+                                   "--seconds", "60", "--eye-scale", "0.25", "--stats", stats_inside, "-v"], env)
+    feeder = RemoteFeeder(lambda t: RigState()).start()
+    try:
+        deadline = time.monotonic() + 30
+        while "FOCUSED" not in root.log("client") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        root.procs["monado"].kill()           # the runtime crashes
+        killed = time.monotonic()
+        rc = client.wait(20)
+        took = time.monotonic() - killed
+    finally:
+        feeder.stop()
+        root.stop("client")
+        root.stop("monado")
+    log = root.log("client")
+    assert rc == 1 and took < 10, (rc, took, log[-2000:])
+    stats = json.loads(root.host_path(stats_inside).read_text())
+    assert "lost" in stats["session"]["end_reason"] and stats["session"]["frames_submitted"] > 0
+    assert "end: OpenXR instance lost" in log.strip().splitlines()[-1]

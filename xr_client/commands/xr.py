@@ -78,4 +78,6 @@ def main(argv: list[str]) -> int:
         from xr_client.stats_io import write_json_atomic
 
         write_json_atomic(args.stats, {"session": summary, "client": client_stats})
+    if "lost" in summary["end_reason"] or "loss" in summary["end_reason"]:
+        return 1  # the runtime went away under us: said above, and not a clean end
     return 0 if "FOCUSED" in summary["states"] or summary["frames_submitted"] > 0 else 1
