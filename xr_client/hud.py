@@ -58,7 +58,7 @@ class HudState:
 def draw_text(image: np.ndarray, text: str, x: int, y: int, scale: int, color) -> None:
     """Draw upper-cased ``text`` into an (H, W, 4) uint8 image at pixel (x, y) (top-left), in place."""
     for i, ch in enumerate(text.upper()):
-        glyph = _GLYPHS.get(ch, _GLYPHS["-"] if ch not in " " else _GLYPHS[" "])
+        glyph = _GLYPHS.get(ch, _GLYPHS["-"])  # unknown characters show as a dash
         bits = np.array([c == "1" for c in glyph]).reshape(GLYPH_H, GLYPH_W)
         block = np.kron(bits, np.ones((scale, scale), bool))
         x0 = x + i * (GLYPH_W + 1) * scale

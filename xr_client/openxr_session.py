@@ -430,11 +430,10 @@ class XrSession:
     def _destroy(self) -> None:
         import xr
 
-        for name in ("eyes",):
-            for eye in getattr(self, name, []):
-                for key in ("color", "depth"):
-                    if eye[key] is not None:
-                        xr.destroy_swapchain(eye[key])
+        for eye in getattr(self, "eyes", []):
+            for key in ("color", "depth"):
+                if eye[key] is not None:
+                    xr.destroy_swapchain(eye[key])
         if self.input is not None and hasattr(self, "session"):
             self.input.destroy()
         for attr in ("view_space", "space"):

@@ -68,6 +68,7 @@ class ViewPipeline:
         self.controls_sent: list[tuple] = []
         self.frames_shown = 0
         self._last_pose_yaw = None
+        self._inputs: tuple[float, float] | None = None  # (left, right) trigger, for the records
 
     # -- per vsync, before drawing -------------------------------------------------------------------
     def apply_input(self, left: HandState, right: HandState) -> ControlOutput:
@@ -131,7 +132,7 @@ class ViewPipeline:
                            pose_t=None if sent is None else round(sent / 1e9, 4))
                 if "render_start_ns" in self.frame.timings:  # server clock (same host: same monotonic)
                     rec["render_t"] = round(self.frame.timings["render_start_ns"] / 1e9, 4)
-            if hasattr(self, "_inputs"):
+            if self._inputs is not None:
                 rec["triggers"] = [round(v, 3) for v in self._inputs]
             self.records.append(rec)
         return new
