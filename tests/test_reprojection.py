@@ -170,3 +170,25 @@ def test_half_resolution_depth_lands_markers_too(gl):
         want, _ = ref.reproject_pixels([[x, y]], [full_depth[y, x]], SRC_POSE, SRC_FOV, (SRC_W, SRC_H),
                                        MOVED_POSE, MOVED_FOV, MOVED_SIZE)
         assert np.hypot(*(np.array(found[colour]) - want[0])) < 0.75, colour
+
+
+def test_depth_buffer_holds_metric_depth_at_the_new_pose(gl):
+    """What is submitted as the XR depth layer: window depth that decodes (near/far) to the reference's z."""
+    from xr_client.render_target import RenderTarget
+    from xr_client.reprojection import EyeImage
+
+    rgb, depth = scene()
+    gl.upload(0, EyeImage(rgb, depth, SRC_POSE, SRC_FOV))
+    target = RenderTarget(*MOVED_SIZE)
+    target.bind()
+    gl.draw(0, MOVED_POSE, MOVED_FOV)
+    window_depth = target.read_depth()
+    target.release()
+    near, far = gl.config.near, gl.config.far
+    for colour, (x, y) in MARKERS.items():
+        uv, z = ref.reproject_pixels([[x, y]], [depth[y, x]], SRC_POSE, SRC_FOV, (SRC_W, SRC_H), MOVED_POSE,
+                                     MOVED_FOV, MOVED_SIZE)
+        px, py = np.round(uv[0]).astype(int)
+        z_ndc = 2.0 * float(window_depth[py, px]) - 1.0
+        z_eye = 2.0 * near * far / ((far + near) - z_ndc * (far - near))
+        assert z_eye == pytest.approx(z[0], rel=0.01), colour
