@@ -12,6 +12,7 @@ client side (``xr_client.frame_decode``) can use the dequantisation below withou
 
 from __future__ import annotations
 
+import functools
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -65,17 +66,43 @@ def quantize_inverse_depth(depth: np.ndarray, near: float, far: float) -> np.nda
     """
     depth = np.asarray(depth, np.float32)
     valid = np.isfinite(depth) & (depth > 0)
-    inv = 1.0 / np.clip(np.where(valid, depth, far), near, far)
-    t = (inv - 1.0 / far) / (1.0 / near - 1.0 / far)
-    q = 1.0 + np.rint(t * (Q_MAX - 1))
-    return np.where(valid, q, 0).astype(np.uint16)
+    near32, far32 = np.float32(near), np.float32(far)
+    inv = np.float32(1.0) / np.clip(np.where(valid, depth, far32), near32, far32)
+    t = (inv - np.float32(1.0 / far)) / np.float32(1.0 / near - 1.0 / far)
+    q = np.float32(1.0) + np.rint(t * np.float32(Q_MAX - 1))
+    return np.where(valid, q, np.float32(0)).astype(np.uint16)
+
+
+@functools.lru_cache(maxsize=16)
+def inverse_depth_lut(near: float, far: float) -> np.ndarray:
+    """(65536,) float32: z-depth metres for every code q (0 -> 0, "no surface"); read-only."""
+    q = np.arange(Q_MAX + 1, dtype=np.float64)
+    inv = 1.0 / far + (q - 1.0) / (Q_MAX - 1) * (1.0 / near - 1.0 / far)
+    lut = np.where(q > 0, 1.0 / inv, 0.0).astype(np.float32)
+    lut.flags.writeable = False
+    return lut
 
 
 def dequantize_inverse_depth(q: np.ndarray, near: float, far: float) -> np.ndarray:
-    """uint16 from :func:`quantize_inverse_depth` -> z-depth float32 metres, 0 where q == 0."""
-    q = np.asarray(q)
-    inv = 1.0 / far + (q.astype(np.float64) - 1.0) / (Q_MAX - 1) * (1.0 / near - 1.0 / far)
-    return np.where(q > 0, 1.0 / inv, 0.0).astype(np.float32)
+    """uint16 from :func:`quantize_inverse_depth` -> z-depth float32 metres, 0 where q == 0 (a table
+    lookup: one gather per pixel)."""
+    return inverse_depth_lut(float(near), float(far))[np.asarray(q, np.uint16)]
+
+
+def quantize_inverse_depth_torch(depth, near: float, far: float):
+    """Torch twin of :func:`quantize_inverse_depth` (same float32 operations, same codes), run on the
+    renderer's device so only uint16 codes cross to the host."""
+    import torch  # noqa: PLC0415
+
+    def f32(x: float) -> float:  # a python float holding exactly the float32 constant numpy uses
+        return float(np.float32(x))
+
+    depth = depth.float()
+    valid = torch.isfinite(depth) & (depth > 0)
+    inv = 1.0 / torch.clamp(torch.where(valid, depth, torch.full_like(depth, f32(far))), f32(near), f32(far))
+    t = (inv - f32(1.0 / far)) / f32(1.0 / near - 1.0 / far)
+    q = 1.0 + torch.round(t * float(Q_MAX - 1))
+    return torch.where(valid, q, torch.zeros_like(q)).to(torch.int32)
 
 
 def depth_error_bound(depth: np.ndarray, near: float, far: float) -> np.ndarray:
@@ -153,7 +180,7 @@ class FrameEncoder:
             raise ValueError(f"unknown colour codec {self.config.color_codec!r}")
         if self.config.depth_codec not in ("inv16-zlib", "inv16"):
             raise ValueError(f"unknown depth codec {self.config.depth_codec!r}")
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jpeg")
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="encode")
         self._gpu_jpeg = None  # resolved on the first CUDA tensor
 
     def close(self) -> None:
@@ -161,27 +188,29 @@ class FrameEncoder:
 
     def encode(self, color, depth, valid=None, depth_scale: float = 1.0) -> EncodedViews:
         """``color`` (B, H, W, 3) uint8, ``depth`` (B, H, W) float32 metres, ``valid`` (B, H, W) bool;
-        numpy arrays or torch tensors (CUDA tensors use nvJPEG). ``depth`` is divided by ``depth_scale``
-        first (world -> stage metres when the calibration scales the world)."""
+        numpy arrays or torch tensors (CUDA tensors use nvJPEG, and depth is reduced and quantised on
+        the GPU). ``depth`` is divided by ``depth_scale`` first (world -> stage metres when the
+        calibration scales the world)."""
         start = time.perf_counter_ns()
         cfg = self.config
         if color.ndim != 4 or color.shape[-1] != 3 or tuple(depth.shape) != tuple(color.shape[:3]):
             raise ValueError(f"encode: color (B,H,W,3) and depth (B,H,W) expected, got {tuple(color.shape)} {tuple(depth.shape)}")
         b, h, w = color.shape[:3]
+        codes = self.depth_codes(depth, valid, depth_scale)
+        # Depth compression (zlib releases the GIL) overlaps the colour encode.
+        depth_jobs = [self._pool.submit(pack_depth, q, cfg.depth_codec, cfg.zlib_level) for q in codes]
         color_bytes, backend = self._encode_color(color)
-        depth_small = self._small_depth(depth, valid, depth_scale)
-        payloads = [pack_depth(quantize_inverse_depth(d, cfg.depth_near, cfg.depth_far), cfg.depth_codec, cfg.zlib_level)
-                    for d in depth_small]
         return EncodedViews(
-            color=color_bytes, depth=payloads, width=w, height=h, depth_width=depth_small.shape[2],
-            depth_height=depth_small.shape[1], depth_near=cfg.depth_near, depth_far=cfg.depth_far,
-            color_codec=cfg.color_codec, depth_codec=cfg.depth_codec,
+            color=color_bytes, depth=[j.result() for j in depth_jobs], width=w, height=h,
+            depth_width=codes.shape[2], depth_height=codes.shape[1], depth_near=cfg.depth_near,
+            depth_far=cfg.depth_far, color_codec=cfg.color_codec, depth_codec=cfg.depth_codec,
             encode_ns=time.perf_counter_ns() - start, backend=backend,
         )
 
-    def _small_depth(self, depth, valid, depth_scale: float) -> np.ndarray:
-        f = self.config.depth_downscale
-        if not isinstance(depth, np.ndarray):  # torch: reduce on the device, copy the small result only
+    def depth_codes(self, depth, valid, depth_scale: float) -> np.ndarray:
+        """(B, H, W) depth -> (B, h, w) uint16 inverse-depth codes at the reduced resolution."""
+        cfg, f = self.config, self.config.depth_downscale
+        if not isinstance(depth, np.ndarray):  # torch: reduce + quantise on the device, copy codes only
             import torch  # noqa: PLC0415
 
             d = depth.float() / depth_scale
@@ -191,11 +220,12 @@ class FrameEncoder:
             d = torch.where(ok, d, torch.full_like(d, float("inf")))
             if f > 1:
                 d = -torch.nn.functional.max_pool2d(-d[:, None], f, f, ceil_mode=True)[:, 0]
-            return torch.where(torch.isfinite(d), d, torch.zeros_like(d)).cpu().numpy()
+            d = torch.where(torch.isfinite(d), d, torch.zeros_like(d))
+            return quantize_inverse_depth_torch(d, cfg.depth_near, cfg.depth_far).cpu().numpy().astype(np.uint16)
         d = np.asarray(depth, np.float32) / np.float32(depth_scale)
         if valid is not None:
-            d = np.where(np.asarray(valid, bool), d, 0)
-        return downsample_depth(d, f)
+            d = np.where(np.asarray(valid, bool), d, np.float32(0))
+        return quantize_inverse_depth(downsample_depth(d, f), cfg.depth_near, cfg.depth_far)
 
     def _encode_color(self, color) -> tuple[list[bytes], str]:
         cfg = self.config

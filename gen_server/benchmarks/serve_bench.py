@@ -54,7 +54,7 @@ def _client_loop(client, seconds: float, rng: np.random.Generator, out: dict, mi
     from gen_server import cameras
     from gen_server.protocol import Pose
 
-    latencies, server_ms, frames, timeouts = [], [], 0, 0
+    latencies, server_ms, transport_ms, decode_ms, frames, timeouts = [], [], [], [], 0, 0
     end = time.monotonic() + seconds
     while time.monotonic() < end or frames < min_frames:
         eye = rng.uniform([-1.5, 1.4, -0.5], [1.5, 1.8, 2.0])
@@ -70,8 +70,11 @@ def _client_loop(client, seconds: float, rng: np.random.Generator, out: dict, mi
         latencies.append((decoded - sent) / 1e6)
         t = frame.timings
         server_ms.append((t["send_ns"] - t["pose_received_ns"]) / 1e6)
+        transport_ms.append((t["received_ns"] - t["send_ns"]) / 1e6)  # one host: one monotonic clock
+        decode_ms.append(t["decode_ns"] / 1e6)
         frames += 1
-    out.update(latencies=latencies, server_ms=server_ms, frames=frames, timeouts=timeouts)
+    out.update(latencies=latencies, server_ms=server_ms, transport_ms=transport_ms, decode_ms=decode_ms,
+               frames=frames, timeouts=timeouts)
 
 
 def run(world_dir_or_none, device: str, width: int, height: int, clients: int, seconds: float,
@@ -109,6 +112,8 @@ def run(world_dir_or_none, device: str, width: int, height: int, clients: int, s
             proc.kill()
     lat = np.concatenate([r["latencies"] for r in results]) if results else np.zeros(0)
     srv = np.concatenate([r["server_ms"] for r in results]) if results else np.zeros(0)
+    transport = np.concatenate([r["transport_ms"] for r in results]) if results else np.zeros(0)
+    decode = np.concatenate([r["decode_ms"] for r in results]) if results else np.zeros(0)
     per_client_fps = [r["frames"] / seconds for r in results]
 
     def pct(a, q):
@@ -121,6 +126,7 @@ def run(world_dir_or_none, device: str, width: int, height: int, clients: int, s
         "latency_ms_p50": pct(lat, 50), "latency_ms_p99": pct(lat, 99),
         "server_pose_to_send_ms_p50": pct(srv, 50), "server_pose_to_send_ms_p99": pct(srv, 99),
         "timeouts": sum(r["timeouts"] for r in results),
+        "send_to_received_ms_p50": pct(transport, 50), "client_decode_ms_p50": pct(decode, 50),
         "server_render_ms_p50": server_status.get("render_ms_p50"),
         "server_encode_ms_p50": server_status.get("encode_ms_p50"),
         "encoder": [k[len("encoded_"):] for k in server_status if k.startswith("encoded_")],
@@ -153,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve: {n} client(s) at 2x{args.width}x{args.height}: {r['fps_per_client_min']:.1f} fps/client "
               f"(total {r['fps_total']:.1f}), pose->decoded p50 {r['latency_ms_p50']} / p99 {r['latency_ms_p99']} ms, "
               f"server pose->send p99 {r['server_pose_to_send_ms_p99']} ms (render {r['server_render_ms_p50']} + "
-              f"encode {r['server_encode_ms_p50']} ms, {'/'.join(r['encoder'])}) — {r['machine']}", flush=True)
+              f"encode {r['server_encode_ms_p50']} ms, {'/'.join(r['encoder'])}; transport {r['send_to_received_ms_p50']} + "
+              f"client decode {r['client_decode_ms_p50']} ms) — {r['machine']}", flush=True)
     return 0
 
 
