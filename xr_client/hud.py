@@ -146,8 +146,9 @@ class HudOverlay:
         GL.glTexImage2D(GL.GL_TEXTURE_2D, 0, GL.GL_RGBA8, img.shape[1], img.shape[0], 0, GL.GL_RGBA,
                         GL.GL_UNSIGNED_BYTE, np.ascontiguousarray(img))
 
-    def draw(self, viewport_w: int, viewport_h: int) -> None:
-        """Centred, ``width_fraction`` of the viewport wide, a little below the centre."""
+    def draw(self, viewport_w: int, viewport_h: int, shift_x: float = 0.0) -> None:
+        """Centred, ``width_fraction`` of the viewport wide, a little below the centre; ``shift_x`` (NDC)
+        gives each eye the disparity of a panel at a comfortable distance instead of infinity."""
         from OpenGL import GL
 
         w, h = self._size
@@ -162,7 +163,8 @@ class HudOverlay:
         GL.glActiveTexture(GL.GL_TEXTURE0)
         GL.glBindTexture(GL.GL_TEXTURE_2D, self._tex)
         GL.glUniform1i(GL.glGetUniformLocation(self._prog, "u_tex"), 0)
-        GL.glUniform4f(GL.glGetUniformLocation(self._prog, "u_rect"), -half_w, -0.35 - half_h, half_w, -0.35 + half_h)
+        GL.glUniform4f(GL.glGetUniformLocation(self._prog, "u_rect"), shift_x - half_w, -0.35 - half_h,
+                       shift_x + half_w, -0.35 + half_h)
         GL.glBindVertexArray(self._vao)
         GL.glDrawArrays(GL.GL_TRIANGLE_FAN, 0, 4)
         GL.glBindVertexArray(0)

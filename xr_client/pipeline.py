@@ -46,6 +46,8 @@ class PipelineConfig:
     hud: bool = True
     background: tuple[float, float, float] = (0.08, 0.08, 0.1)  # before the first frame arrives
     record: bool = True        # keep per-vsync records for --stats
+    hud_distance_m: float = 1.5  # the HUD panel appears this far ahead (stereo disparity)
+    ipd: float = 0.063
 
 
 class ViewPipeline:
@@ -168,7 +170,9 @@ class ViewPipeline:
             virtual_from_stage = cameras.invert_rigid(self.stage_from_virtual)
             self.reprojector.draw(eye, virtual_from_stage @ world_from_eye, fov)
         if self.hud is not None:
-            self.hud.draw(width, height)
+            # Eye 0 (left) sees a panel straight ahead of the head displaced to the right, eye 1 to the left.
+            offset = (0.5 if eye == 0 else -0.5) * self.config.ipd / self.config.hud_distance_m
+            self.hud.draw(width, height, 2.0 * offset / (math.tan(fov.angle_right) - math.tan(fov.angle_left)))
 
     def stats(self) -> dict:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])

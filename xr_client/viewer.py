@@ -102,7 +102,7 @@ def run_headless(server: str, seconds: float, out: str | Path | None, stats: str
                                                display_refresh_hz=cfg.fps, client_name="timewalk-view-headless"))
     stream.start()
     pipeline = ViewPipeline(stream, PipelineConfig(reprojection=ReprojectionConfig(grid_step=cfg.grid_step),
-                                                   hud=cfg.hud))
+                                                   hud=cfg.hud, ipd=cfg.ipd))
     targets = [RenderTarget(width, height) for _ in range(2)]
     writer = None
     if out is not None:
@@ -215,7 +215,8 @@ def run_desktop(server: str, width: int = 1280, height: int = 720, seconds: floa
     eye_w, eye_h = (width // 2) * 2, (height // 2) * 2
     stream = StreamClient(server, StreamConfig(eye_width=eye_w, eye_height=eye_h, fovs=(fov, fov), ipd=cfg.ipd,
                                                client_name="timewalk-view")).start()
-    pipeline = ViewPipeline(stream, PipelineConfig(reprojection=ReprojectionConfig(grid_step=cfg.grid_step)))
+    # One eye on a flat screen: the HUD needs no stereo disparity.
+    pipeline = ViewPipeline(stream, PipelineConfig(reprojection=ReprojectionConfig(grid_step=cfg.grid_step), ipd=0.0))
     camera = DesktopCamera()
     names = {glfw.KEY_RIGHT: "right", glfw.KEY_LEFT: "left", glfw.KEY_SPACE: "space", glfw.KEY_B: "b",
              glfw.KEY_H: "h", glfw.KEY_LEFT_SHIFT: "shift", glfw.KEY_RIGHT_SHIFT: "shift"}
