@@ -8,6 +8,7 @@ size and the eyes' FOVs are known (they go to the server in ``hello``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -66,7 +67,7 @@ class XrApp:
                            display_refresh_hz=refresh, client_name="timewalk-xr")
         self.stream = StreamClient(self.config.server, cfg, server_public_key=self.config.server_public_key,
                                    client_keys=self.config.client_keys).start()
-        self.pipeline = ViewPipeline(self.stream, self.config.pipeline)
+        self.pipeline = ViewPipeline(self.stream, dataclasses.replace(self.config.pipeline, ipd=cfg.ipd))
         self.pipeline.hud_state.visible = self.config.hud_visible
         log.info("streaming %dx%d per eye from %s", cfg.eye_width, cfg.eye_height, self.config.server)
 
