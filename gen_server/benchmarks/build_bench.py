@@ -5,6 +5,10 @@ RGB-D frames of the synthetic scene are rendered before timing; the timed part i
 neighbour window, voxel merge, dynamic layer extraction, plus the final merge into a WorldState.
 
     python -m gen_server.benchmarks.build_bench --device cpu [--frames 48] [--width 960] [--height 540]
+
+Measured 2026-11-24, 48 frames 960x540 (static 700 k points, dynamic 133 k):
+NVIDIA H100 (torch 2.11): 257 frames/s with torch.compile (default on CUDA), 149 eager; 1920x1080:
+147 frames/s. 2-core AMD EPYC shared with other jobs: ~20-22 frames/s eager, ~22-30 with --compile on.
 """
 
 from __future__ import annotations

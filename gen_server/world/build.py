@@ -163,13 +163,13 @@ def build_world(input_path: str | Path, out_dir: str | Path, depth_model: str | 
         raise InputError(f"--depth-scale {depth_scale}: must be a positive number")
     if max_side < 16:
         raise InputError(f"--max-side {max_side}: must be at least 16")
-    started = time.perf_counter()
-    source = open_source(input_path, fps=fps, max_side=max_side, poses=poses)
-    info = source.info
-    frames, depth_source = _with_depth(source, str(input_path), depth_model, device, depth_scale)
     dev = resolve_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available (use --device cpu)")
+    started = time.perf_counter()
+    source = open_source(input_path, fps=fps, max_side=max_side, poses=poses)
+    info = source.info
+    frames, depth_source = _with_depth(source, str(input_path), depth_model, str(dev), depth_scale)
     pose_source = "given" if info.has_poses else STATIC_CAMERA
 
     out_dir = Path(out_dir)

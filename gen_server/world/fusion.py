@@ -126,6 +126,8 @@ class VoxelAccumulator:
         ``use`` (N,) bool: which samples count (default all); ``weight``: pixels each sample stands for
         (when the caller subsamples), for the observation count.
 
+        Convention: positions in the OpenXR world frame, metres; voxel cells are axis-aligned in it.
+
         No host-device synchronisation (no boolean indexing): unused samples and samples beyond the key
         range get zero weight and key 0 (never a real voxel's), and voxels without weight are dropped
         at :meth:`layer`.
