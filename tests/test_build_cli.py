@@ -372,6 +372,10 @@ def test_flag_errors_leave_nothing(dataset, tmp_path, capsys):
            "--poses")
     _fails(capsys, ["build", str(dataset), "-o", str(out), "--fps", "12", "--quiet"], out, "--fps")
     _fails(capsys, ["build", str(dataset), "-o", str(out), "--depth-scale", "0", "--quiet"], out, "--depth-scale")
+    import torch
+
+    if not torch.cuda.is_available():
+        _fails(capsys, ["build", str(dataset), "-o", str(out), "--device", "cuda", "--quiet"], out, "--device cuda")
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
