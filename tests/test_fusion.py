@@ -258,3 +258,21 @@ def test_compiled_detection_matches_eager_on_cuda():
     eager = fuse_frames(frames, CLIP_FPS, config=FusionConfig(compile=False), device="cuda")
     compiled = fuse_frames(frames, CLIP_FPS, config=FusionConfig(compile=True), device="cuda")
     assert np.array_equal(eager.dynamic_offsets, compiled.dynamic_offsets) and len(eager.static) == len(compiled.static)
+
+
+def test_carving_removes_an_object_that_sat_still_then_left():
+    """A box stands still for 12 frames (its first frames have no neighbour that saw it move, so they are
+    static), then is gone: later frames see the wall through where it stood, and carving drops it."""
+    pose = cameras.look_at([0.0, 1.0, 0.0], [0.0, 1.0, -5.0])
+    frames = []
+    for i in range(24):
+        box = (-1.0, -0.2, 0.5, 1.5, -3.0) if i < 12 else None
+        rgb, depth, _ = _wall_frame(pose, box=box)
+        frames.append(SourceFrame(i, i / CLIP_FPS, rgb, K, pose, depth))
+
+    def off_wall(config):
+        world = fuse_frames(frames, CLIP_FPS, config=config, device="cpu")
+        return int((np.abs(world.static.positions[:, 2] + 5.0) > 0.02).sum())
+
+    assert off_wall(FusionConfig(carve_every=0)) > 50  # without carving, the box's still frames stay
+    assert off_wall(FusionConfig(carve_every=4)) == 0

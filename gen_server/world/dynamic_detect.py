@@ -142,6 +142,30 @@ def _evidence(points, rgb, valid, table, k, cv_from_world, h_n: int, w_n: int, s
     return photo_ok, disagree
 
 
+def seen_through(points: torch.Tensor, view: DetectionView, depth_rel_tol: float) -> torch.Tensor:
+    """(N,) bool: the view saw *farther* than each point at all 4 pixels around its projection, i.e.
+    looked through where the point is (free space). Points outside the view, behind it, or with any
+    surrounding pixel nearer or unknown give False.
+
+    Convention: ``points`` (N, 3) OpenXR world metres; ``view`` as in :func:`neighbour_evidence`.
+    """
+    _check("points", points, (None, 3))
+    h_n, w_n = view.depth.shape
+    cam = points @ view.cv_from_world[:3, :3].T + view.cv_from_world[:3, 3]
+    z = cam[:, 2]
+    front = z > 1e-6
+    zs = torch.where(front, z, torch.ones_like(z))
+    k = view.intrinsics
+    u = (k[0, 0] * cam[:, 0] / zs + k[0, 2]) / view.stride
+    v = (k[1, 1] * cam[:, 1] / zs + k[1, 2]) / view.stride
+    corner = torch.arange(4, device=u.device)[:, None]
+    corner_u = torch.floor(u).long()[None] + corner % 2
+    corner_v = torch.floor(v).long()[None] + corner // 2
+    inside = front[None] & (corner_u >= 0) & (corner_u < w_n) & (corner_v >= 0) & (corner_v < h_n)
+    seen = view.depth.reshape(-1)[corner_v.clamp(0, h_n - 1) * w_n + corner_u.clamp(0, w_n - 1)]
+    return (inside & (seen > zs * (1.0 + depth_rel_tol))).all(0)
+
+
 def speck_filter(mask: torch.Tensor) -> torch.Tensor:
     """Clean a (h, w) bool mask in 3x3 windows: drop set pixels with fewer than 3 set in their window
     (specks, e.g. depth noise), set unset pixels with at least 6 (pinholes). Corners of real regions

@@ -9,7 +9,9 @@ Per frame (streamed; only a ring buffer of ``2 * max|offset| + 1`` frames is hel
    :class:`VoxelAccumulator`): the static layer holds what no single frame sees and stays bounded by
    the scene's surface, not the clip length;
 4. keep the dynamic pixels as that frame's dynamic layer (subsampled if a frame has more than
-   ``max_dynamic_points`` of them).
+   ``max_dynamic_points`` of them);
+5. every ``carve_every``-th frame, count the static voxels it sees through: a voxel seen through in
+   more frames than it was seen in is free space (a moving object that paused) and is dropped.
 
 Pixel footprint (documented once, used for radii and voxel sizes): a pixel at z-depth ``d`` spans
 ``f = d * max(1/fx, 1/fy)`` metres; a splat covering the whole pixel square has radius
@@ -59,6 +61,7 @@ class FusionConfig:
     max_dynamic_points: int = 131_072
     dynamic_batch: int = 8  # frames whose dynamic points are moved to the CPU together (one sync)
     compile: bool | None = None  # torch.compile the detection kernel; None: on CUDA only
+    carve_every: int = 4  # every n-th frame removes static voxels it sees through (0: never)
     merge_every: int = 4_000_000
 
 
@@ -118,6 +121,7 @@ class VoxelAccumulator:
         self.device, self.factor, self.base, self.merge_every = device, factor, base, merge_every
         self.keys = torch.zeros(0, dtype=torch.int64, device=device)
         self.sums = torch.zeros((0, 8), dtype=torch.float32, device=device)
+        self.through = torch.zeros(0, dtype=torch.float32, device=device)  # frames that saw through it
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._pending_count = 0
 
@@ -160,9 +164,34 @@ class VoxelAccumulator:
         keys = torch.cat([self.keys] + [k for k, _ in self._pending])
         values = torch.cat([self.sums] + [v for _, v in self._pending])
         self._pending, self._pending_count = [], 0
+        old_count = len(self.keys)
         self.keys, inverse = torch.unique(keys, sorted=True, return_inverse=True)
         self.sums = torch.zeros((len(self.keys), values.shape[1]), dtype=values.dtype, device=values.device)
         self.sums.index_add_(0, inverse, values)
+        through = torch.zeros(len(self.keys), dtype=self.through.dtype, device=self.through.device)
+        self.through = through.index_add_(0, inverse[:old_count], self.through)
+
+    def positions(self) -> torch.Tensor:
+        """(M, 3) mean position of every merged voxel (pending samples not included)."""
+        level = (self.keys >> (3 * _BITS)).float()
+        size = self.base * torch.exp2(level)
+        cell = torch.stack([(self.keys >> (2 * _BITS)) & _MASK, (self.keys >> _BITS) & _MASK, self.keys & _MASK],
+                           -1) - _OFF
+        return (cell.float() + 0.5) * size[:, None] + self.sums[:, 0:3] / self.sums[:, 7:8].clamp_min(1e-9)
+
+    def carve(self, view, depth_rel_tol: float, weight: float = 1.0) -> None:
+        """Count, per voxel, a frame that looked through it (free space where the voxel is).
+
+        Voxels seen through in more frames than they were seen in are dropped by :meth:`layer`: they
+        were a moving object that sat still long enough to pass the dynamic test (a pendulum at its
+        turning point) and left later. ``weight``: frames each call stands for (carving every n-th
+        frame).
+        """
+        from gen_server.world.dynamic_detect import seen_through
+
+        self.merge()
+        if len(self.keys):
+            self.through += seen_through(self.positions(), view, depth_rel_tol).float() * weight
 
     def __len__(self) -> int:
         self.merge()
@@ -175,15 +204,13 @@ class VoxelAccumulator:
         splats close the surface. Confidence: ``1 - exp(-n / 2)`` for ``n`` frame-equivalents seen.
         """
         self.merge()
-        # Voxels that only got out-of-range samples (zero weight: > 262 k voxels from the origin).
-        kept = self.sums[:, 7] > 0
+        # Drop voxels that only got out-of-range samples (zero weight: > 262 k voxels from the origin)
+        # and voxels seen through more often than seen (carved free space).
+        kept = (self.sums[:, 7] > 0) & (self.through <= self.sums[:, 6])
+        position = self.positions()[kept]
         keys, sums = self.keys[kept], self.sums[kept]
-        level = (keys >> (3 * _BITS)).float()
-        size = self.base * torch.exp2(level)
-        cell = torch.stack([(keys >> (2 * _BITS)) & _MASK, (keys >> _BITS) & _MASK, keys & _MASK], -1) - _OFF
-        count = sums[:, 7:8]
-        position = (cell.float() + 0.5) * size[:, None] + sums[:, 0:3] / count
-        color = (sums[:, 3:6] / count).round().clamp(0, 255)
+        size = self.base * torch.exp2((keys >> (3 * _BITS)).float())
+        color = (sums[:, 3:6] / sums[:, 7:8]).round().clamp(0, 255)
         confidence = 1.0 - torch.exp(-sums[:, 6] / 2.0)
         return PointLayer(
             position.cpu().numpy().astype(np.float32),
@@ -331,6 +358,9 @@ class WorldFuser:
         static_sel = (valid & ~dynamic)[pv::s, pu::s].reshape(-1)
         self._static_pixels += static_sel.sum()
         self.static.add(features[pv::s, pu::s, :7].reshape(-1, 7), static_sel, weight=float(s * s))
+        carve = self.config.carve_every
+        if carve and position % carve == carve - 1:
+            self.static.carve(cur.view, self.config.detect.depth_rel_tol, weight=float(carve))
         self._dynamic_pending.append((features, dynamic))
         if len(self._dynamic_pending) >= self.config.dynamic_batch:
             self._flush_dynamic()
