@@ -6,6 +6,10 @@
 The world is a room of surface points (walls, floor, ceiling, boxes) with footprint radii matching their
 spacing, plus a moving dynamic blob per frame; each iteration renders both eyes of a head that wanders
 around the room at a random fractional tau (so two dynamic frames are cross-faded) with hole filling.
+
+Measured 2026-11-24 (2 M static + 300 k/frame dynamic, 4 frames, 16.0 B/point, 100 deg FOV):
+one H100 80GB (torch 2.11+cu130): 120 pairs/s (8.3 ms) at 2x1440x1600; 88 pairs/s at 2x512x512 (host-bound);
+4 M static: 73 pairs/s at 2x1440x1600. 2-core AMD EPYC CPU (torch 2.13): 6.3-6.7 pairs/s at 2x512x512.
 """
 
 from __future__ import annotations
