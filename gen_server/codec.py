@@ -12,6 +12,7 @@ client side (``xr_client.frame_decode``) can use the dequantisation below withou
 
 from __future__ import annotations
 
+import fractions
 import functools
 import time
 import zlib
@@ -31,7 +32,8 @@ class CodecConfig:
     color_codec: str = "jpeg"  # "jpeg" | "raw"
     jpeg_quality: int = 85
     depth_codec: str = "inv16-zlib"  # "inv16-zlib" | "inv16"
-    depth_downscale: int = 2
+    depth_downscale: int = 0  # 0 = auto: the smallest power of two giving depth <= max_depth_width wide
+    max_depth_width: int = 400
     depth_near: float = 0.05
     depth_far: float = 500.0
     zlib_level: int = 1
@@ -53,6 +55,7 @@ class EncodedViews:
     depth_codec: str
     encode_ns: int
     backend: str
+    keyframe: bool = True  # False only for an h264 frame that needs the ones before it
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -176,7 +179,7 @@ class FrameEncoder:
 
     def __init__(self, config: CodecConfig | None = None):
         self.config = config or CodecConfig()
-        if self.config.color_codec not in ("jpeg", "raw"):
+        if self.config.color_codec not in ("jpeg", "raw", "h264"):
             raise ValueError(f"unknown colour codec {self.config.color_codec!r}")
         if self.config.depth_codec not in ("inv16-zlib", "inv16"):
             raise ValueError(f"unknown depth codec {self.config.depth_codec!r}")
@@ -186,11 +189,12 @@ class FrameEncoder:
     def close(self) -> None:
         self._pool.shutdown(wait=False)
 
-    def encode(self, color, depth, valid=None, depth_scale: float = 1.0) -> EncodedViews:
+    def encode(self, color, depth, valid=None, depth_scale: float = 1.0,
+               h264: "H264StreamEncoder | None" = None) -> EncodedViews:
         """``color`` (B, H, W, 3) uint8, ``depth`` (B, H, W) float32 metres, ``valid`` (B, H, W) bool;
         numpy arrays or torch tensors (CUDA tensors use nvJPEG, and depth is reduced and quantised on
         the GPU). ``depth`` is divided by ``depth_scale`` first (world -> stage metres when the
-        calibration scales the world)."""
+        calibration scales the world). ``h264``: the client's stream encoder, replacing JPEG."""
         start = time.perf_counter_ns()
         cfg = self.config
         if color.ndim != 4 or color.shape[-1] != 3 or tuple(depth.shape) != tuple(color.shape[:3]):
@@ -199,17 +203,32 @@ class FrameEncoder:
         codes = self.depth_codes(depth, valid, depth_scale)
         # Depth compression (zlib releases the GIL) overlaps the colour encode.
         depth_jobs = [self._pool.submit(pack_depth, q, cfg.depth_codec, cfg.zlib_level) for q in codes]
-        color_bytes, backend = self._encode_color(color)
+        keyframe, color_codec = True, "raw" if cfg.color_codec == "raw" else "jpeg"
+        if h264 is not None:
+            (color_bytes, keyframe), backend, color_codec = h264.encode(color), "libx264", "h264"
+        else:
+            color_bytes, backend = self._encode_color(color)
         return EncodedViews(
             color=color_bytes, depth=[j.result() for j in depth_jobs], width=w, height=h,
             depth_width=codes.shape[2], depth_height=codes.shape[1], depth_near=cfg.depth_near,
-            depth_far=cfg.depth_far, color_codec=cfg.color_codec, depth_codec=cfg.depth_codec,
-            encode_ns=time.perf_counter_ns() - start, backend=backend,
+            depth_far=cfg.depth_far, color_codec=color_codec, depth_codec=cfg.depth_codec,
+            encode_ns=time.perf_counter_ns() - start, backend=backend, keyframe=keyframe,
         )
+
+    def depth_factor(self, width: int) -> int:
+        """Depth reduction factor for eyes ``width`` pixels wide (auto: 512 -> 2, 1440 -> 4, 64 -> 1).
+        Reprojection meshes depth on a coarse grid anyway; zlib time and bytes fall with the square."""
+        cfg = self.config
+        if cfg.depth_downscale > 0:
+            return cfg.depth_downscale
+        factor = 1
+        while width / factor > cfg.max_depth_width:
+            factor *= 2
+        return factor
 
     def depth_codes(self, depth, valid, depth_scale: float) -> np.ndarray:
         """(B, H, W) depth -> (B, h, w) uint16 inverse-depth codes at the reduced resolution."""
-        cfg, f = self.config, self.config.depth_downscale
+        cfg, f = self.config, self.depth_factor(int(depth.shape[-1]))
         if not isinstance(depth, np.ndarray):  # torch: reduce + quantise on the device, copy codes only
             import torch  # noqa: PLC0415
 
@@ -230,7 +249,7 @@ class FrameEncoder:
     def _encode_color(self, color) -> tuple[list[bytes], str]:
         cfg = self.config
         if not isinstance(color, np.ndarray):
-            if color.is_cuda and cfg.color_codec == "jpeg":
+            if color.is_cuda and cfg.color_codec != "raw":
                 if self._gpu_jpeg is None:
                     self._gpu_jpeg = _torchvision_jpeg() or False
                 if self._gpu_jpeg:
@@ -248,3 +267,73 @@ class FrameEncoder:
         if len(color) > 1 and color.shape[1] * color.shape[2] >= 128 * 128:
             return list(self._pool.map(one, color)), "simplejpeg"
         return [one(c) for c in color], "simplejpeg"
+
+
+# ----------------------------------------------------------------------------------------------------
+# H.264 (optional, low bandwidth): one stateful libx264 stream per eye and client
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class H264Config:
+    """libx264 for a link too thin for JPEG: zero-latency (one access unit out per frame in, no
+    B-frames), a keyframe every ``gop`` frames and whenever a frame was dropped on the way."""
+
+    crf: int = 23
+    preset: str = "ultrafast"
+    gop: int = 48
+
+
+class H264StreamEncoder:
+    """Per-client encoder of B eye streams. ``encode(color (B, H, W, 3) uint8)`` -> (access units,
+    keyframe). Call :meth:`force_keyframe` when a frame did not reach the client (its decoder would
+    otherwise reference a picture it never saw)."""
+
+    def __init__(self, config: H264Config | None = None):
+        self.config = config or H264Config()
+        self._streams: list = []
+        self._size: tuple[int, int] | None = None
+        self._pts = 0
+        self._force = True
+
+    def force_keyframe(self) -> None:
+        self._force = True
+
+    def _open(self, count: int, width: int, height: int) -> None:
+        import av  # noqa: PLC0415 - optional codec
+
+        if width % 2 or height % 2:
+            raise ValueError(f"h264: eye size {width}x{height} must be even (4:2:0 chroma)")
+        cfg = self.config
+        self._streams = []
+        for _ in range(count):
+            ctx = av.CodecContext.create("libx264", "w")
+            ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
+            ctx.time_base = fractions.Fraction(1, 1000)
+            ctx.options = {"preset": cfg.preset, "tune": "zerolatency", "crf": str(cfg.crf), "bframes": "0",
+                           "g": str(cfg.gop), "repeat-headers": "1"}  # SPS/PPS with every keyframe
+            ctx.open()
+            self._streams.append(ctx)
+        self._size, self._force = (width, height), True
+
+    def encode(self, color) -> tuple[list[bytes], bool]:
+        import av  # noqa: PLC0415
+        from av.video.frame import PictureType  # noqa: PLC0415
+
+        if not isinstance(color, np.ndarray):
+            color = color.cpu().numpy()
+        b, h, w = color.shape[:3]
+        if self._size != (w, h) or len(self._streams) != b:
+            self._open(b, w, h)
+        forced, self._force = self._force, False
+        out, key = [], []
+        for ctx, img in zip(self._streams, color):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24").reformat(format="yuv420p")
+            frame.pts = self._pts
+            if forced:
+                frame.pict_type = PictureType.I
+            packets = ctx.encode(frame)
+            if not packets:
+                raise RuntimeError("h264: encoder held a frame back (zero-latency tuning not in effect)")
+            out.append(b"".join(bytes(p) for p in packets))
+            key.append(all(p.is_keyframe for p in packets))
+        self._pts += 1
+        return out, all(key)

@@ -38,7 +38,7 @@ QUAT_TOLERANCE = 1e-3  # |‖q‖ - 1| accepted on receipt (float32 headsets dri
 POSITION_LIMIT_M = 1e5
 MAX_TIME_NS = 2**63 - 1
 
-COLOR_CODECS = ("jpeg", "raw")  # raw = H x W x 3 uint8
+COLOR_CODECS = ("jpeg", "raw", "h264")  # raw = H x W x 3 uint8; h264 = one Annex-B access unit per eye
 DEPTH_CODECS = ("inv16-zlib", "inv16")  # 16-bit quantised inverse depth, zlib-compressed or raw
 BUTTONS = ("a", "b", "x", "y", "menu", "system", "thumbstick", "trigger_touch", "thumbstick_touch")
 CONTROL_COMMANDS = (
@@ -415,7 +415,8 @@ class EyeView:
 class Frame(Message):
     """Server -> client: one stereo frame.
 
-    Payloads, in order: colour of each eye (``color_codec``), then depth of each eye (``depth_codec``
+    Payloads, in order: colour of each eye (``color_codec``; ``h264``: each eye is its own stream, one
+    access unit per frame, decodable alone when ``keyframe``), then depth of each eye (``depth_codec``
     at ``depth_width`` x ``depth_height``). Depth ``inv16*``: uint16 q, 0 = no surface, otherwise
     1/z = 1/far + (q - 1) / 65534 * (1/near - 1/far), z in stage metres along the eye's -Z axis.
     ``timings`` are server-clock ns: pose_received, render_start, render_end, encode_end, send."""
@@ -437,6 +438,7 @@ class Frame(Message):
     depth: list = field(default_factory=list)
     timeline: dict = field(default_factory=dict)  # rate, paused
     timings: dict = field(default_factory=dict)
+    keyframe: bool = True  # h264: decodable without earlier frames (always True for jpeg/raw)
 
     def header(self) -> dict:
         return {"seq": self.seq, "pose_seq": self.pose_seq, "tau": float(self.tau),
@@ -446,7 +448,8 @@ class Frame(Message):
                 "depth_near": float(self.depth_near), "depth_far": float(self.depth_far),
                 "color_sizes": [len(_buffer(c)) for c in self.color],
                 "depth_sizes": [len(_buffer(d)) for d in self.depth],
-                "timeline": self.timeline, "timings": {k: int(v) for k, v in self.timings.items()}}
+                "timeline": self.timeline, "timings": {k: int(v) for k, v in self.timings.items()},
+                "keyframe": bool(self.keyframe)}
 
     def payloads(self) -> list:
         return [*self.color, *self.depth]
@@ -486,6 +489,8 @@ class Frame(Message):
                 raise ProtocolError(f"frame: eye {i} raw colour is {color_sizes[i]} bytes, {w}x{ht}x3 needs {w * ht * 3}")
             if color_codec == "jpeg" and bytes(color[i][:2]) != b"\xff\xd8":
                 raise ProtocolError(f"frame: eye {i} colour is not a JPEG stream")
+            if color_codec == "h264" and not (bytes(color[i][:4]) == b"\0\0\0\1" or bytes(color[i][:3]) == b"\0\0\1"):
+                raise ProtocolError(f"frame: eye {i} colour is not an Annex-B H.264 access unit")
             if depth_codec == "inv16" and depth_sizes[i] != dw * dh * 2:
                 raise ProtocolError(f"frame: eye {i} raw depth is {depth_sizes[i]} bytes, {dw}x{dh}x2 needs {dw * dh * 2}")
         timings = {_str("frame.timings key", k, max_len=32): _int(f"frame.timings.{k}", v)
@@ -496,6 +501,7 @@ class Frame(Message):
             color_codec=color_codec, depth_codec=depth_codec, depth_width=dw, depth_height=dh,
             depth_near=near, depth_far=far, color=color, depth=depth,
             timeline=_dict("frame.timeline", h["timeline"]), timings=timings,
+            keyframe=_bool("frame.keyframe", h["keyframe"]),
         )
 
 

@@ -29,7 +29,7 @@ import zmq
 
 from gen_server import protocol as P
 from gen_server.cameras import invert_rigid, yaw_pitch_to_matrix
-from gen_server.codec import CodecConfig, FrameEncoder
+from gen_server.codec import CodecConfig, FrameEncoder, H264Config, H264StreamEncoder
 from gen_server.errors import InputError
 from gen_server.generators.base import check_views
 from gen_server.timeline import Timeline, TimelineError
@@ -51,7 +51,8 @@ class ServerConfig:
     max_drain: int = 2000  # messages handled per loop before rendering again
     keys_dir: Path | None = None
     insecure: bool = False
-    codec: CodecConfig = field(default_factory=CodecConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)  # color_codec "h264": for clients that decode it
+    h264: H264Config = field(default_factory=H264Config)
     stats_path: Path | None = None
     status_interval_s: float = 1.0
     status_line: bool | None = None  # None: only on a TTY
@@ -68,6 +69,8 @@ class ClientState:
     height: int
     timeline: Timeline | None  # own timeline when --independent-timelines
     last_seen: float
+    color_codec: str = "jpeg"
+    h264: H264StreamEncoder | None = None  # this client's eye streams when color_codec == "h264"
     recenter: np.ndarray = field(default_factory=lambda: np.eye(4))
     scale: float = 1.0
     pending: P.PoseUpdate | None = None
@@ -349,16 +352,21 @@ class StreamServer:
         if identity not in self.clients and len(self.clients) >= cfg.max_clients:
             self._send(identity, P.Error("too_many_clients", f"server is full ({cfg.max_clients} clients)", about="hello"))
             return
-        color_codec = cfg.codec.color_codec if cfg.codec.color_codec in hello.color_codecs else hello.color_codecs[0]
-        depth_codec = cfg.codec.depth_codec if cfg.codec.depth_codec in hello.depth_codecs else hello.depth_codecs[0]
-        if (color_codec, depth_codec) != (cfg.codec.color_codec, cfg.codec.depth_codec):
-            raise P.ProtocolError(f"hello: server encodes {cfg.codec.color_codec}/{cfg.codec.depth_codec}, client decodes "
+        color_codec = cfg.codec.color_codec
+        if color_codec == "h264" and "h264" not in hello.color_codecs:
+            color_codec = "jpeg"  # h264 only for clients that decode it; JPEG for the rest
+        depth_codec = cfg.codec.depth_codec
+        if color_codec not in hello.color_codecs or depth_codec not in hello.depth_codecs:
+            raise P.ProtocolError(f"hello: server encodes {color_codec}/{depth_codec}, client decodes "
                                   f"{'/'.join(hello.color_codecs)} + {'/'.join(hello.depth_codecs)}")
+        width, height = cfg.width or hello.eye_width, cfg.height or hello.eye_height
+        if color_codec == "h264" and (width % 2 or height % 2):
+            raise P.ProtocolError(f"hello: h264 needs an even eye size, got {width}x{height}")
         now = time.monotonic()
         client = ClientState(
-            identity=identity, client_id=f"c{next(self._client_ids)}", hello=hello,
-            width=cfg.width or hello.eye_width, height=cfg.height or hello.eye_height,
+            identity=identity, client_id=f"c{next(self._client_ids)}", hello=hello, width=width, height=height,
             timeline=self._new_timeline() if cfg.independent_timelines else None, last_seen=now,
+            color_codec=color_codec, h264=H264StreamEncoder(cfg.h264) if color_codec == "h264" else None,
         )
         self.clients[identity] = client
         self.stats.totals["clients_welcomed"] += 1
@@ -455,7 +463,8 @@ class StreamServer:
             try:
                 encoded = self.encoder.encode(
                     views.color[views_of], views.depth[views_of],
-                    views.valid[views_of] if self.config.mask_invalid_depth else None, depth_scale=scale)
+                    views.valid[views_of] if self.config.mask_invalid_depth else None, depth_scale=scale,
+                    h264=client.h264)
             except Exception as e:  # noqa: BLE001
                 self.stats.totals["encode_errors"] += 1
                 self._send(client.identity, P.Error("server_error", f"encode failed: {type(e).__name__}: {e}",
@@ -476,7 +485,7 @@ class StreamServer:
             color_codec=encoded.color_codec, depth_codec=encoded.depth_codec, depth_width=encoded.depth_width,
             depth_height=encoded.depth_height, depth_near=encoded.depth_near, depth_far=encoded.depth_far,
             color=encoded.color, depth=encoded.depth, timeline={"rate": state.rate, "paused": state.paused},
-            timings=timings,
+            timings=timings, keyframe=encoded.keyframe,
         )
         if self._send(client.identity, frame):
             client.counters["frames_sent"] += 1
@@ -486,6 +495,8 @@ class StreamServer:
         else:
             client.counters["frames_dropped"] += 1
             self.stats.totals["frames_dropped"] += 1
+            if client.h264 is not None:  # the client's decoder never saw this picture: restart the chain
+                client.h264.force_keyframe()
 
     def _send(self, identity: bytes, msg: P.Message) -> bool:
         """Non-blocking send; False (and nothing queued) when the client's pipe is full or gone."""

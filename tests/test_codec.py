@@ -150,3 +150,51 @@ def test_unpack_rejects_wrong_sizes_and_bombs():
         unpack_depth(bomb, "inv16-zlib", 64, 64)
     with pytest.raises(ProtocolError, match="bad depth payload"):
         decode_depth("inv16", b"\0" * 7, 2, 2, 0.1, 10.0)
+
+
+def test_auto_depth_factor():
+    enc = FrameEncoder(CodecConfig())  # depth_downscale=0: auto, depth at most 400 px wide
+    assert [enc.depth_factor(w) for w in (64, 400, 512, 1440, 2064)] == [1, 1, 2, 4, 8]
+    out = enc.encode(np.zeros((2, 48, 512, 3), np.uint8), np.ones((2, 48, 512), np.float32))
+    assert (out.depth_width, out.depth_height) == (256, 24)
+    assert FrameEncoder(CodecConfig(depth_downscale=3)).depth_factor(1440) == 3
+
+
+def test_h264_stream_round_trip_keyframes_and_sizes():
+    from gen_server.codec import H264Config, H264StreamEncoder
+    from gen_server.protocol import EyeView, Frame, Pose
+    from xr_client.frame_decode import FrameDecoder
+
+    enc = H264StreamEncoder(H264Config(crf=20, gop=100))
+    fenc = FrameEncoder(CodecConfig(depth_downscale=2))
+    fov = __import__("gen_server.cameras", fromlist=["Fov"]).Fov.symmetric(1.0, 1.0)
+    base = smooth_image(96, 128, 7)
+    frames = []
+    for i in range(6):
+        color = np.stack([np.roll(base, 2 * i, axis=1), np.roll(base, -2 * i, axis=1)])  # slow pan per eye
+        if i == 4:
+            enc.force_keyframe()  # as the server does after a dropped frame
+        out = fenc.encode(color, np.full((2, 96, 128), 2.0, np.float32), h264=enc)
+        assert out.color_codec == "h264" and out.backend == "libx264"
+        frames.append((color, out))
+    assert [o.keyframe for _, o in frames] == [True, False, False, False, True, False]
+    key_size, p_size = sum(map(len, frames[0][1].color)), max(sum(map(len, o.color)) for _, o in frames[1:4])
+    assert p_size < key_size / 3  # predicted frames are what makes h264 worth it on thin links
+
+    def as_frame(seq, out):
+        return Frame(seq=seq, pose_seq=seq, tau=0.0, eyes=(EyeView(Pose(), fov),) * 2, width=128, height=96,
+                     color_codec="h264", depth_codec=out.depth_codec, depth_width=out.depth_width,
+                     depth_height=out.depth_height, depth_near=out.depth_near, depth_far=out.depth_far,
+                     color=out.color, depth=out.depth, keyframe=out.keyframe)
+
+    dec = FrameDecoder()
+    for seq, (color, out) in enumerate(frames):
+        decoded = dec.decode(as_frame(seq, out))
+        for eye in range(2):
+            assert psnr(decoded.color[eye], color[eye]) > 32.0
+        assert np.allclose(decoded.depth[0], 2.0, atol=1e-3)
+    late = FrameDecoder()  # joins mid-stream: skips P-frames until the keyframe, then decodes
+    assert late.decode(as_frame(2, frames[2][1])) is None
+    assert late.decode(as_frame(4, frames[4][1])) is not None
+    with pytest.raises(ProtocolError, match="stateful"):
+        decode_color("h264", frames[0][1].color[0], 128, 96)

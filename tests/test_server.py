@@ -407,3 +407,30 @@ def test_clients_on_one_timeline_render_in_one_batch():
         b.close()
         server.request_stop()
         server.serve_forever()  # returns at once (stop set) and shuts down
+
+
+def test_h264_for_clients_that_decode_it_jpeg_for_others():
+    from dataclasses import replace
+
+    from gen_server.codec import CodecConfig
+
+    server = make_server(codec=CodecConfig(color_codec="h264", depth_downscale=2)).start()
+    h264 = connect(server.address, replace(SMALL, color_codecs=("h264", "jpeg")))
+    jpeg = connect(server.address)
+    try:
+        assert h264.welcome.color_codec == "h264" and jpeg.welcome.color_codec == "jpeg"
+        for x in (0.1, 0.3, 0.5):
+            for client in (h264, jpeg):
+                head, eyes = eyes_at(x)
+                seq = client.send_pose(head, eyes)
+                frame = client.wait_frame(pose_seq=seq, timeout=5.0)
+                assert frame is not None
+                for i, eye in enumerate(eyes):
+                    expect = painted_color(eye.matrix()).astype(int)
+                    assert np.abs(frame.color[i].astype(int) - expect).max() <= 6  # flat colour through either codec
+        (state,) = [c for c in server.clients.values() if c.color_codec == "h264"]
+        assert state.counters["frames_sent"] >= 3 and h264.stats["bad_frames"] == 0
+    finally:
+        h264.close()
+        jpeg.close()
+        server.stop()

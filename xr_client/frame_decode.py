@@ -1,5 +1,6 @@
-"""Decode a ``frame`` message into per-eye images: JPEG through simplejpeg, depth through the codec's
-inverse-depth dequantisation. No torch (runs on the headset PC)."""
+"""Decode a ``frame`` message into per-eye images: JPEG through simplejpeg, H.264 through PyAV (one
+stateful decoder per eye: :class:`FrameDecoder`), depth through the codec's inverse-depth
+dequantisation. No torch (runs on the headset PC)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ class DecodedFrame:
     along the eye's -Z axis (0 = no surface), usually a fraction of the colour size (scale the
     intrinsics from :func:`gen_server.cameras.fov_to_intrinsics` accordingly); ``poses[i]`` the
     stage_from_eye pose and ``fovs[i]`` the OpenXR FOV each eye was rendered with; ``tau`` world time.
-    ``timings``: the server's ns timings plus ``decode_ns`` and ``received_ns`` (client monotonic clock).
+    ``timings``: the server's ns timings plus ``decode_ns``, ``received_ns`` (client monotonic clock) and
+    ``payload_bytes`` (colour + depth bytes on the wire).
     """
 
     seq: int
@@ -49,6 +51,8 @@ def decode_color(codec: str, data, width: int, height: int) -> np.ndarray:
     """One eye's colour payload -> (height, width, 3) uint8; ProtocolError if it does not match."""
     if codec == "raw":
         return np.frombuffer(data, np.uint8).reshape(height, width, 3)
+    if codec == "h264":
+        raise ProtocolError("frame: h264 colour needs the stream's FrameDecoder (it is stateful)")
     if codec == "jpeg":
         try:
             img = simplejpeg.decode_jpeg(bytes(data), colorspace="RGB", fastdct=True, fastupsample=True)
@@ -67,6 +71,10 @@ def decode_depth(codec: str, data, width: int, height: int, near: float, far: fl
     except (ValueError, Exception) as e:  # noqa: BLE001 - zlib.error and size mismatches alike
         raise ProtocolError(f"frame: bad depth payload ({e})") from None
     return dequantize_inverse_depth(q, near, far)
+
+
+def _payload_bytes(msg: Frame) -> int:
+    return sum(len(p) for p in (*msg.color, *msg.depth))
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -92,7 +100,73 @@ def decode_frame(msg: Frame, received_ns: int | None = None) -> DecodedFrame:
     timings = dict(msg.timings)
     timings["decode_ns"] = time.monotonic_ns() - start
     timings["received_ns"] = received_ns if received_ns is not None else start
+    timings["payload_bytes"] = _payload_bytes(msg)
     return DecodedFrame(
         seq=msg.seq, pose_seq=msg.pose_seq, tau=msg.tau, color=color, depth=depth,
         poses=[e.pose for e in msg.eyes], fovs=[e.fov for e in msg.eyes], timeline=dict(msg.timeline), timings=timings,
     )
+
+
+class H264EyeDecoder:
+    """One eye's H.264 stream (PyAV/FFmpeg). Frames must arrive in order; after a gap, only a keyframe
+    can restart it (``FrameDecoder`` enforces that)."""
+
+    def __init__(self):
+        import av  # noqa: PLC0415 - only clients that asked for h264 need PyAV
+
+        self._av = av
+        self._ctx = av.CodecContext.create("h264", "r")
+
+    def decode(self, data, width: int, height: int, want_image: bool = True) -> np.ndarray | None:
+        try:
+            frames = self._ctx.decode(self._av.Packet(bytes(data)))
+        except self._av.FFmpegError as e:
+            raise ProtocolError(f"frame: undecodable H.264 ({e})") from None
+        if len(frames) != 1:
+            raise ProtocolError(f"frame: H.264 access unit gave {len(frames)} pictures, expected 1")
+        if (frames[0].width, frames[0].height) != (width, height):
+            raise ProtocolError(f"frame: H.264 picture is {frames[0].width}x{frames[0].height}, declared {width}x{height}")
+        return frames[0].to_ndarray(format="rgb24") if want_image else None
+
+
+class FrameDecoder:
+    """Stateful :func:`decode_frame` for a stream of frames: keeps the H.264 decoders and knows when the
+    chain is broken (a frame lost on the way), in which case frames are skipped until a keyframe."""
+
+    def __init__(self):
+        self._h264: list[H264EyeDecoder] = []
+        self._need_keyframe = True
+
+    def chain_broken(self) -> None:
+        """A frame was lost before decoding: wait for the next keyframe."""
+        self._need_keyframe = True
+
+    def decode(self, msg: Frame, received_ns: int | None = None, want_image: bool = True) -> DecodedFrame | None:
+        """Decode ``msg``; None when it was skipped (waiting for a keyframe) or ``want_image`` is False
+        (an h264 frame decoded only to keep the reference chain)."""
+        if msg.color_codec != "h264":
+            return decode_frame(msg, received_ns) if want_image else None
+        if self._need_keyframe and not msg.keyframe:
+            return None
+        start = time.monotonic_ns()
+        if len(self._h264) != len(msg.color) or msg.keyframe:
+            self._h264 = [H264EyeDecoder() for _ in msg.color]  # a keyframe starts fresh streams
+        try:
+            color = [d.decode(c, msg.width, msg.height, want_image) for d, c in zip(self._h264, msg.color)]
+        except ProtocolError:
+            self._need_keyframe = True
+            raise
+        self._need_keyframe = False
+        if not want_image:
+            return None
+        pool = _pool()
+        depth_jobs = [pool.submit(decode_depth, msg.depth_codec, d, msg.depth_width, msg.depth_height, msg.depth_near,
+                                  msg.depth_far) for d in msg.depth]
+        timings = dict(msg.timings)
+        depth = [j.result() for j in depth_jobs]
+        timings["decode_ns"] = time.monotonic_ns() - start
+        timings["received_ns"] = received_ns if received_ns is not None else start
+        timings["payload_bytes"] = _payload_bytes(msg)
+        return DecodedFrame(seq=msg.seq, pose_seq=msg.pose_seq, tau=msg.tau, color=color, depth=depth,
+                            poses=[e.pose for e in msg.eyes], fovs=[e.fov for e in msg.eyes],
+                            timeline=dict(msg.timeline), timings=timings)

@@ -31,7 +31,7 @@ import zmq
 
 from gen_server import protocol as P
 from gen_server.cameras import Fov
-from xr_client.frame_decode import DecodedFrame, decode_frame
+from xr_client.frame_decode import DecodedFrame, FrameDecoder
 
 try:  # numpy-only; the drift-aware, outlier-rejecting fit when the calibration package is installed
     from calibration.clock_sync import ClockSync
@@ -48,7 +48,7 @@ class StreamConfig:
     fovs: tuple[Fov, Fov] = field(default_factory=lambda: (Fov.symmetric(1.6, 1.0), Fov.symmetric(1.6, 1.0)))
     ipd: float = 0.063
     display_refresh_hz: float = 90.0
-    color_codecs: tuple[str, ...] = ("jpeg", "raw")
+    color_codecs: tuple[str, ...] = ("jpeg", "raw")  # add "h264" for the low-bandwidth stream (needs PyAV)
     depth_codecs: tuple[str, ...] = ("inv16-zlib", "inv16")
     client_name: str = "timewalk-client"
     ping_interval_s: float = 0.5
@@ -109,7 +109,9 @@ class StreamClient:
         self.stats = collections.Counter()
         self._clock_lock = threading.Lock()
         self._frame_cv = threading.Condition()
-        self._undecoded: tuple[P.Frame, int] | None = None
+        self._undecoded: collections.deque = collections.deque(maxlen=16)  # (Frame, received ns), oldest first
+        self._decoder = FrameDecoder()
+        self._chain_broken = False
         self._latest: DecodedFrame | None = None
         self._io_thread = threading.Thread(target=self._io_loop, name="stream-io", daemon=True)
         self._decode_thread = threading.Thread(target=self._decode_loop, name="stream-decode", daemon=True)
@@ -319,9 +321,9 @@ class StreamClient:
         if isinstance(msg, P.Frame):
             self.stats["frames_received"] += 1
             with self._frame_cv:
-                if self._undecoded is not None:
-                    self.stats["frames_superseded"] += 1
-                self._undecoded = (msg, t3)
+                if len(self._undecoded) == self._undecoded.maxlen:
+                    self._chain_broken = True  # the oldest falls out undecoded: h264 must wait for a keyframe
+                self._undecoded.append((msg, t3))
                 self._frame_cv.notify_all()
             return welcomed
         if isinstance(msg, P.Pong):
@@ -354,19 +356,30 @@ class StreamClient:
     def _decode_loop(self) -> None:
         while not self._stop.is_set():
             with self._frame_cv:
-                while self._undecoded is None and not self._stop.is_set():
+                while not self._undecoded and not self._stop.is_set():
                     self._frame_cv.wait(0.1)
                 if self._stop.is_set():
                     return
-                msg, received_ns = self._undecoded
-                self._undecoded = None
-            try:
-                decoded = decode_frame(msg, received_ns)
-            except P.ProtocolError as e:
-                self.stats["bad_frames"] += 1
-                self.last_error = P.Error("bad_message", str(e), about="frame", seq=msg.seq)
-                continue
-            with self._frame_cv:
-                self._latest = decoded  # decoded in arrival order, so always the newest
-                self.stats["frames_decoded"] += 1
-                self._frame_cv.notify_all()
+                batch = list(self._undecoded)
+                self._undecoded.clear()
+                broken, self._chain_broken = self._chain_broken, False
+            if broken:
+                self._decoder.chain_broken()
+            if batch[-1][0].color_codec != "h264":  # stateless codecs: only the newest frame matters
+                self.stats["frames_superseded"] += len(batch) - 1
+                batch = batch[-1:]
+            for i, (msg, received_ns) in enumerate(batch):
+                last = i == len(batch) - 1
+                try:
+                    decoded = self._decoder.decode(msg, received_ns, want_image=last)
+                except P.ProtocolError as e:
+                    self.stats["bad_frames"] += 1
+                    self.last_error = P.Error("bad_message", str(e), about="frame", seq=msg.seq)
+                    continue
+                if decoded is None:
+                    self.stats["frames_superseded" if not last else "frames_waiting_keyframe"] += 1
+                    continue
+                with self._frame_cv:
+                    self._latest = decoded  # decoded in arrival order, so always the newest
+                    self.stats["frames_decoded"] += 1
+                    self._frame_cv.notify_all()

@@ -25,16 +25,36 @@ import numpy as np
 from gen_server.benchmarks.machine import describe, machine_info
 
 
-def _serve(world_dir, device, static_points, fps, ready, stop) -> None:
+def smooth_colors(positions: np.ndarray) -> np.ndarray:
+    """Colours varying smoothly over surfaces (like photographed walls), so JPEG sizes and decode times
+    are representative: the render benchmark's per-point random colours are noise, JPEG's worst case."""
+    p = positions.astype(np.float64)
+    waves = [np.sin(1.7 * p[:, 0] + 0.9 * p[:, 2]), np.sin(2.3 * p[:, 1] - 1.1 * p[:, 0]), np.sin(1.3 * p[:, 2] + 0.7 * p[:, 1])]
+    return np.clip(128 + 90 * np.stack(waves, -1), 0, 255).astype(np.uint8)
+
+
+def bench_world(static_points: int, noise_colors: bool = False):
+    """render_bench's room of points (+ moving dynamic sphere), smooth colours unless ``noise_colors``."""
+    from dataclasses import replace
+
+    from gen_server.benchmarks.render_bench import random_world
+
+    world = random_world(static_points, static_points // 8, frames=8)
+    if noise_colors:
+        return world
+    return replace(world, static=replace(world.static, colors=smooth_colors(world.static.positions)),
+                   dynamic=replace(world.dynamic, colors=smooth_colors(world.dynamic.positions)))
+
+
+def _serve(world_dir, device, static_points, fps, color_codec, noise_colors, ready, stop) -> None:
     """Server process body: build/load the world, serve until ``stop`` is set."""
+    from gen_server.codec import CodecConfig
     from gen_server.commands.serve import world_info
     from gen_server.generators import make_generator
     from gen_server.server import ServerConfig, StreamServer
 
     if world_dir is None:
-        from gen_server.benchmarks.render_bench import random_world
-
-        world = random_world(static_points, static_points // 8, frames=8)
+        world = bench_world(static_points, noise_colors)
         info = world_info(world, Path("random-room"))
     else:
         from gen_server.world.store import load_world
@@ -43,7 +63,7 @@ def _serve(world_dir, device, static_points, fps, ready, stop) -> None:
         info = world_info(world, Path(world_dir))
     generator = make_generator("geometric", world, device=device)
     server = StreamServer(generator, info, ServerConfig(bind="tcp://127.0.0.1:*", fps=fps, status_line=False,
-                                                        client_timeout_s=30.0))
+                                                        client_timeout_s=30.0, codec=CodecConfig(color_codec=color_codec)))
     ready.put((server.address, machine_info(device)))
     threading.Thread(target=lambda: (stop.wait(), server.request_stop()), daemon=True).start()
     server.serve_forever()
@@ -54,7 +74,7 @@ def _client_loop(client, seconds: float, rng: np.random.Generator, out: dict, mi
     from gen_server import cameras
     from gen_server.protocol import Pose
 
-    latencies, server_ms, transport_ms, decode_ms, frames, timeouts = [], [], [], [], 0, 0
+    latencies, server_ms, transport_ms, decode_ms, frames, timeouts, nbytes = [], [], [], [], 0, 0, []
     end = time.monotonic() + seconds
     while time.monotonic() < end or frames < min_frames:
         eye = rng.uniform([-1.5, 1.4, -0.5], [1.5, 1.8, 2.0])
@@ -72,13 +92,15 @@ def _client_loop(client, seconds: float, rng: np.random.Generator, out: dict, mi
         server_ms.append((t["send_ns"] - t["pose_received_ns"]) / 1e6)
         transport_ms.append((t["received_ns"] - t["send_ns"]) / 1e6)  # one host: one monotonic clock
         decode_ms.append(t["decode_ns"] / 1e6)
+        nbytes.append(t.get("payload_bytes", 0))
         frames += 1
     out.update(latencies=latencies, server_ms=server_ms, transport_ms=transport_ms, decode_ms=decode_ms,
-               frames=frames, timeouts=timeouts)
+               frames=frames, timeouts=timeouts, nbytes=nbytes)
 
 
 def run(world_dir_or_none, device: str, width: int, height: int, clients: int, seconds: float,
-        static_points: int | None = None, fps: float = 1000.0) -> dict:
+        static_points: int | None = None, fps: float = 1000.0, color_codec: str = "jpeg",
+        noise_colors: bool = False) -> dict:
     """Serve in a subprocess, run ``clients`` closed-loop clients for ``seconds``; returns the numbers."""
     from gen_server.cameras import Fov
     from xr_client.stream_client import StreamClient, StreamConfig
@@ -86,12 +108,14 @@ def run(world_dir_or_none, device: str, width: int, height: int, clients: int, s
     static_points = static_points or (2_000_000 if str(device).startswith("cuda") else 300_000)
     ctx = mp.get_context("spawn")
     ready, stop = ctx.Queue(), ctx.Event()
-    proc = ctx.Process(target=_serve, args=(world_dir_or_none, device, static_points, fps, ready, stop), daemon=True)
+    proc = ctx.Process(target=_serve, args=(world_dir_or_none, device, static_points, fps, color_codec, noise_colors,
+                                            ready, stop), daemon=True)
     proc.start()
     try:
         address, info = ready.get(timeout=300)
         fov = Fov.symmetric(math.radians(100), width / height)
-        config = StreamConfig(eye_width=width, eye_height=height, fovs=(fov, fov), timeout_s=30.0)
+        config = StreamConfig(eye_width=width, eye_height=height, fovs=(fov, fov), timeout_s=30.0,
+                              color_codecs=(color_codec, "jpeg"))
         streams = [StreamClient(address, config).start() for _ in range(clients)]
         for s in streams:
             if not s.wait_connected(60.0):
@@ -127,6 +151,8 @@ def run(world_dir_or_none, device: str, width: int, height: int, clients: int, s
         "server_pose_to_send_ms_p50": pct(srv, 50), "server_pose_to_send_ms_p99": pct(srv, 99),
         "timeouts": sum(r["timeouts"] for r in results),
         "send_to_received_ms_p50": pct(transport, 50), "client_decode_ms_p50": pct(decode, 50),
+        "color_codec": color_codec, "colors": "noise" if noise_colors else "smooth",
+        "frame_kib_mean": round(float(np.mean(np.concatenate([r["nbytes"] for r in results]))) / 1024, 1),
         "server_render_ms_p50": server_status.get("render_ms_p50"),
         "server_encode_ms_p50": server_status.get("encode_ms_p50"),
         "encoder": [k[len("encoded_"):] for k in server_status if k.startswith("encoded_")],
@@ -152,11 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4])
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--static-points", type=int)
+    p.add_argument("--color-codec", default="jpeg", choices=("jpeg", "h264"))
+    p.add_argument("--noise-colors", action="store_true", help="random per-point colours (JPEG's worst case)")
     args = p.parse_args(argv)
     for n in args.clients:
-        r = run(args.world, args.device, args.width, args.height, n, args.seconds, args.static_points)
+        r = run(args.world, args.device, args.width, args.height, n, args.seconds, args.static_points,
+                color_codec=args.color_codec, noise_colors=args.noise_colors)
         print(json.dumps(r))
-        print(f"serve: {n} client(s) at 2x{args.width}x{args.height}: {r['fps_per_client_min']:.1f} fps/client "
+        print(f"serve: {n} client(s) at 2x{args.width}x{args.height} {r['color_codec']} {r['frame_kib_mean']} KiB/frame "
+              f"({r['colors']} colours): {r['fps_per_client_min']:.1f} fps/client "
               f"(total {r['fps_total']:.1f}), pose->decoded p50 {r['latency_ms_p50']} / p99 {r['latency_ms_p99']} ms, "
               f"server pose->send p99 {r['server_pose_to_send_ms_p99']} ms (render {r['server_render_ms_p50']} + "
               f"encode {r['server_encode_ms_p50']} ms, {'/'.join(r['encoder'])}; transport {r['send_to_received_ms_p50']} + "

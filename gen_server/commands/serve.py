@@ -23,14 +23,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, help="per-eye render width (default: the client's)")
     p.add_argument("--height", type=int, help="per-eye render height (default: the client's)")
     p.add_argument("--jpeg-quality", type=int, default=85)
-    p.add_argument("--depth-downscale", type=int, default=2, help="depth is sent at 1/N of the colour size")
+    p.add_argument("--depth-downscale", type=int, default=0,
+                   help="depth is sent at 1/N of the colour size (default 0: auto, at most 400 px wide)")
+    p.add_argument("--color-codec", default="jpeg", choices=("jpeg", "h264"),
+                   help="h264: low-bandwidth stream for clients that decode it (others still get JPEG)")
+    p.add_argument("--h264-crf", type=int, default=23, help="h264 quality (lower = better, 0..51)")
     p.add_argument("--client-timeout", type=float, default=5.0, help="seconds of silence before a client is freed")
     return p
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from gen_server.codec import CodecConfig
+    from gen_server.codec import CodecConfig, H264Config
     from gen_server.errors import InputError
     from gen_server.generators import GENERATORS, make_generator
     from gen_server.server import ServerConfig, StreamServer, check_bind_security, load_world_from_stage
@@ -44,15 +48,19 @@ def main(argv: list[str]) -> int:
             raise InputError(f"--{name}: must be in [8, 8192], got {value}")
     if not 1 <= args.jpeg_quality <= 100:
         raise InputError(f"--jpeg-quality: must be in [1, 100], got {args.jpeg_quality}")
-    if args.depth_downscale < 1:
-        raise InputError(f"--depth-downscale: must be >= 1, got {args.depth_downscale}")
+    if args.depth_downscale < 0:
+        raise InputError(f"--depth-downscale: must be >= 0 (0 = auto), got {args.depth_downscale}")
+    if not 0 <= args.h264_crf <= 51:
+        raise InputError(f"--h264-crf: must be in [0, 51], got {args.h264_crf}")
     if args.generator not in GENERATORS:
         raise InputError(f"--generator: unknown {args.generator!r} (choices: {', '.join(sorted(GENERATORS))})")
     config = ServerConfig(
         bind=args.bind, fps=args.fps, width=args.width, height=args.height,
         independent_timelines=args.independent_timelines, end_mode=args.end_mode, keys_dir=args.keys,
         insecure=args.insecure, stats_path=args.stats, client_timeout_s=args.client_timeout,
-        codec=CodecConfig(jpeg_quality=args.jpeg_quality, depth_downscale=args.depth_downscale),
+        codec=CodecConfig(color_codec=args.color_codec, jpeg_quality=args.jpeg_quality,
+                          depth_downscale=args.depth_downscale),
+        h264=H264Config(crf=args.h264_crf),
     )
     check_bind_security(config)  # before the (slow) world load: a refused bind fails at once
     world = load_world(args.world)
