@@ -72,7 +72,7 @@ def test_voxel_accumulator_matches_reference_across_merges():
     points = rng.uniform(-2, 2, (n, 3)).astype(np.float32) * np.float32([1, 0.02, 1])  # a thin slab
     colors = rng.integers(0, 256, (n, 3)).astype(np.float32)
     footprint = rng.choice([0.02, 0.05, 0.3], n).astype(np.float32)
-    acc = VoxelAccumulator(torch.device("cpu"), merge_every=700)  # several merges
+    acc = VoxelAccumulator(torch.device("cpu"), merge_min=700)  # several merges
     use = rng.random(n) < 0.8
     for chunk in np.array_split(np.arange(n), 7):
         acc.add(_t(np.concatenate([points[chunk], colors[chunk], footprint[chunk, None]], 1)), torch.from_numpy(use[chunk]))
@@ -274,5 +274,6 @@ def test_carving_removes_an_object_that_sat_still_then_left():
         world = fuse_frames(frames, CLIP_FPS, config=config, device="cpu")
         return int((np.abs(world.static.positions[:, 2] + 5.0) > 0.02).sum())
 
-    assert off_wall(FusionConfig(carve_every=0)) > 50  # without carving, the box's still frames stay
-    assert off_wall(FusionConfig(carve_every=4)) == 0
+    # Small merge batches: carving sees voxels once merged (a 64x48 frame has 3 k samples).
+    assert off_wall(FusionConfig(carve_every=0, merge_min=4096)) > 50  # without carving the box stays
+    assert off_wall(FusionConfig(carve_every=4, merge_min=4096)) == 0

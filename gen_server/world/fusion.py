@@ -20,9 +20,10 @@ Pixel footprint (documented once, used for radii and voxel sizes): a pixel at z-
 Memory bound for a 60 s clip at 960x540, 24 fps (1440 frames):
 
 * ring buffer: 17 frames x ~13 MiB (depth, colour, detection grid) = ~0.2 GiB;
-* static voxels: 40 bytes each (int64 key + 8 float32 sums). Consecutive frames overlap, so a frame
+* static voxels: 44 bytes each (int64 key, 8 float32 sums, a carve count). Consecutive frames overlap, so a frame
   adds new voxels only for newly seen surface; even at 10 % new surface every frame (a fast pan) that
-  is ~23 k voxels/frame -> 33 M voxels = 1.3 GiB, plus ~3x that while a batch is merged (sort) = ~4 GiB;
+  is ~23 k voxels/frame -> 33 M voxels = 1.4 GiB, plus ~3x that while a batch (<= 4 M samples) is
+  merged (sort) = ~4 GiB;
 * dynamic points: 23 bytes each on the CPU, capped at 131 072 per frame -> at most 4.3 GiB for 1440
   fully dynamic frames, doubled for the final concatenation = 8.7 GiB.
 
@@ -62,7 +63,8 @@ class FusionConfig:
     dynamic_batch: int = 8  # frames whose dynamic points are moved to the CPU together (one sync)
     compile: bool | None = None  # torch.compile the detection kernel; None: on CUDA only
     carve_every: int = 4  # every n-th frame removes static voxels it sees through (0: never)
-    merge_every: int = 4_000_000
+    merge_min: int = 65_536  # pending static samples that trigger a merge, at least ...
+    merge_max: int = 4_000_000  # ... and at most; in between, half the merged voxel count (amortised sort)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -117,8 +119,10 @@ class VoxelAccumulator:
     and the sample count. Samples are batched and merged by sort (``torch.unique``).
     """
 
-    def __init__(self, device: torch.device, factor: float = 1.0, base: float = 1e-3, merge_every: int = 4_000_000):
-        self.device, self.factor, self.base, self.merge_every = device, factor, base, merge_every
+    def __init__(self, device: torch.device, factor: float = 1.0, base: float = 1e-3, merge_min: int = 65_536,
+                 merge_max: int = 4_000_000):
+        self.device, self.factor, self.base = device, factor, base
+        self.merge_min, self.merge_max = merge_min, merge_max
         self.keys = torch.zeros(0, dtype=torch.int64, device=device)
         self.sums = torch.zeros((0, 8), dtype=torch.float32, device=device)
         self.through = torch.zeros(0, dtype=torch.float32, device=device)  # frames that saw through it
@@ -155,7 +159,9 @@ class VoxelAccumulator:
         values = torch.cat([offset, colors, obs[:, None], torch.ones_like(obs)[:, None]], 1) * inside[:, None]
         self._pending.append((key, values))
         self._pending_count += len(key)
-        if self._pending_count >= self.merge_every:
+        # Merging re-sorts every voxel: wait for half as many new samples as there are voxels, so the
+        # sorting cost per sample stays O(log M) however long the clip.
+        if self._pending_count >= min(self.merge_max, max(self.merge_min, len(self.keys) // 2)):
             self.merge()
 
     def merge(self) -> None:
@@ -189,8 +195,7 @@ class VoxelAccumulator:
         """
         from gen_server.world.dynamic_detect import seen_through
 
-        self.merge()
-        if len(self.keys):
+        if len(self.keys):  # merged voxels only: pending samples are carved once merged
             self.through += seen_through(self.positions(), view, depth_rel_tol).float() * weight
 
     def __len__(self) -> int:
@@ -249,7 +254,7 @@ class WorldFuser:
         self._next = 0  # stream position of the next frame to classify
         self._count = 0
         self.static = VoxelAccumulator(self.device, self.config.voxel_factor, self.config.voxel_base,
-                                       self.config.merge_every)
+                                       self.config.merge_min, self.config.merge_max)
         self._dynamic: list[PointLayer] = []
         self._dynamic_pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._times: list[float] = []
