@@ -63,8 +63,8 @@ class FusionConfig:
     dynamic_batch: int = 8  # frames whose dynamic points are moved to the CPU together (one sync)
     compile: bool | None = None  # torch.compile the detection kernel; None: on CUDA only
     carve_every: int = 4  # every n-th frame removes static voxels it sees through (0: never)
-    merge_min: int = 65_536  # pending static samples that trigger a merge, at least ...
-    merge_max: int = 4_000_000  # ... and at most; in between, half the merged voxel count (amortised sort)
+    merge_min: int = 262_144  # pending static samples that trigger a merge, at least ...
+    merge_max: int = 4_000_000  # ... and at most; in between, the merged voxel count (amortised sort)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -119,7 +119,7 @@ class VoxelAccumulator:
     and the sample count. Samples are batched and merged by sort (``torch.unique``).
     """
 
-    def __init__(self, device: torch.device, factor: float = 1.0, base: float = 1e-3, merge_min: int = 65_536,
+    def __init__(self, device: torch.device, factor: float = 1.0, base: float = 1e-3, merge_min: int = 262_144,
                  merge_max: int = 4_000_000):
         self.device, self.factor, self.base = device, factor, base
         self.merge_min, self.merge_max = merge_min, merge_max
@@ -159,9 +159,9 @@ class VoxelAccumulator:
         values = torch.cat([offset, colors, obs[:, None], torch.ones_like(obs)[:, None]], 1) * inside[:, None]
         self._pending.append((key, values))
         self._pending_count += len(key)
-        # Merging re-sorts every voxel: wait for half as many new samples as there are voxels, so the
+        # Merging re-sorts every voxel: wait for as many new samples as there are voxels, so the
         # sorting cost per sample stays O(log M) however long the clip.
-        if self._pending_count >= min(self.merge_max, max(self.merge_min, len(self.keys) // 2)):
+        if self._pending_count >= min(self.merge_max, max(self.merge_min, len(self.keys))):
             self.merge()
 
     def merge(self) -> None:
