@@ -100,20 +100,21 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path)
 
 
-def render_path(world: WorldState, path: CameraPath, taus: np.ndarray, options: OutputOptions, fps: float, device: str | None = None, progress: bool = True) -> int:
+def render_path(world: WorldState, path: CameraPath, taus: np.ndarray, options: OutputOptions, fps: float, device: str | None = None, progress: bool = True, generator=None) -> int:
     """Render every frame of ``path`` at ``taus`` and write the mp4 (+ PNG folders). Returns frames written.
 
     Outputs appear only when complete: the mp4 through VideoWriter's atomic rename, PNG folders written to
-    a temporary sibling folder and renamed at the end.
+    a temporary sibling folder and renamed at the end. ``generator`` (anything with ``render_views``, see
+    ``gen_server.generators``) defaults to the geometric renderer.
     """
     from tqdm import tqdm
 
-    from gen_server.render.renderer import Renderer
+    from gen_server.generators import make_generator
     from gen_server.video_io import VideoWriter
 
     if len(taus) != len(path):
         raise ValueError(f"render_path: {len(path)} cameras but {len(taus)} times")
-    renderer = Renderer(world, device)
+    generator = generator or make_generator("geometric", world, device)
     w, h = path.width, path.height
     out_w = 2 * w if options.stereo else w
     if out_w % 2 or h % 2:
@@ -130,10 +131,10 @@ def render_path(world: WorldState, path: CameraPath, taus: np.ndarray, options: 
             for i in tqdm(range(len(path)), desc="render", unit="frame", disable=not progress):
                 if options.stereo:
                     poses = np.stack(cameras.eye_poses(path.world_from_camera[i], options.ipd))
-                    ks = np.stack([path.intrinsics[i]] * 2)
                 else:
-                    poses, ks = path.world_from_camera[i : i + 1], path.intrinsics[i : i + 1]
-                out = renderer.render(poses, ks, w, h, float(taus[i]))
+                    poses = path.world_from_camera[i : i + 1]
+                fov = cameras.intrinsics_to_fov(path.intrinsics[i], w, h)
+                out = generator.render_views(poses, [fov] * len(poses), w, h, float(taus[i]))
                 color = np.concatenate(list(out.color.cpu().numpy()), axis=1)  # eyes side by side
                 writer.write(color)
                 if "frames" in temp_dirs:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gen_server.generators.options import add_generator_arguments, generator_options
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="timewalk render", description="Render a camera trajectory through a world to an H.264 mp4.")
@@ -25,12 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth-dir", type=Path, help="also write 16-bit depth PNGs (millimetres) here")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_generator_arguments(p)
     return p
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from gen_server.errors import InputError
+    from gen_server.generators import make_generator
     from gen_server.offline_render import OutputOptions, TimeControls, default_frame_count, path_taus, render_path
     from gen_server.trajectory import load_trajectory
     from gen_server.world.store import load_world
@@ -48,7 +52,8 @@ def main(argv: list[str]) -> int:
     path = load_trajectory(args.trajectory, world, frames, args.width, args.height)
     taus = path_taus(path, world, controls)
     options = OutputOptions(args.output, args.stereo, args.ipd, args.frames_dir, args.depth_dir)
-    n = render_path(world, path, taus, options, controls.fps, args.device, progress=not args.quiet)
+    generator = make_generator(args.generator, world, args.device, **generator_options(args, args.world))
+    n = render_path(world, path, taus, options, controls.fps, args.device, progress=not args.quiet, generator=generator)
     eyes = "stereo " if args.stereo else ""
     print(f"wrote {args.output}: {n} {eyes}frames {path.width}x{path.height} at {controls.fps:g} fps, world time {taus[0]:.3f}..{taus[-1]:.3f} s")
     return 0
