@@ -5,9 +5,10 @@
 
 The server (geometric generator + codec + ROUTER socket) runs in its own process, as `timewalk serve`
 would; each client is an :class:`xr_client.stream_client.StreamClient` that sends a head pose, waits for
-the frame answering it to be *decoded*, and sends the next one at once (closed loop: the measured rate
-is what the pipeline sustains, not a rate we asked for). Latency = pose sent -> frame decoded on the
-client's clock; the server's own pose-in -> frame-out comes from the frame's timings.
+the frame answering it to be *decoded*, and sends the next one at once (closed loop: the rate is that of
+one pose in flight at a time), or with ``--pose-hz 90`` sends poses at a headset's rate and times every
+new frame (open loop: server, network and decoding overlap, as in use). Latency = pose sent -> frame
+decoded on the client's clock; the server's own pose-in -> frame-out comes from the frame's timings.
 """
 
 from __future__ import annotations
@@ -70,37 +71,71 @@ def _serve(world_dir, device, static_points, fps, color_codec, noise_colors, rea
     ready.put(server.status())  # render/encode ms and encoder backend as the server saw them
 
 
-def _client_loop(client, seconds: float, rng: np.random.Generator, out: dict, min_frames: int = 0) -> None:
+def _head_pose(rng: np.random.Generator, t: float | None = None):
+    """A head pose: random (closed loop) or, given time ``t``, a smooth look-around (a headset's motion)."""
     from gen_server import cameras
     from gen_server.protocol import Pose
 
-    latencies, server_ms, transport_ms, decode_ms, frames, timeouts, nbytes = [], [], [], [], 0, 0, []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end or frames < min_frames:
+    if t is None:
         eye = rng.uniform([-1.5, 1.4, -0.5], [1.5, 1.8, 2.0])
-        head_m = cameras.look_at(eye, eye + np.array([rng.uniform(-1, 1), rng.uniform(-0.3, 0.3), -1.0]))
-        left, right = cameras.eye_poses(head_m, 0.064)
-        sent = time.monotonic_ns()
-        seq = client.send_pose(Pose.from_matrix(head_m), (Pose.from_matrix(left), Pose.from_matrix(right)))
-        frame = client.wait_frame(pose_seq=seq, timeout=5.0)
-        if frame is None or frame.pose_seq != seq:
-            timeouts += 1
+        target = eye + np.array([rng.uniform(-1, 1), rng.uniform(-0.3, 0.3), -1.0])
+    else:
+        eye = np.array([0.5 * math.sin(0.3 * t), 1.6, 0.5])
+        target = eye + np.array([math.sin(0.8 * t), 0.2 * math.sin(0.5 * t), -1.0])
+    head_m = cameras.look_at(eye, target)
+    left, right = cameras.eye_poses(head_m, 0.064)
+    return Pose.from_matrix(head_m), (Pose.from_matrix(left), Pose.from_matrix(right))
+
+
+def _record(frame, sent_ns: int, acc: dict) -> None:
+    t = frame.timings
+    acc["latencies"].append((t["received_ns"] + t["decode_ns"] - sent_ns) / 1e6)
+    acc["server_ms"].append((t["send_ns"] - t["pose_received_ns"]) / 1e6)
+    acc["transport_ms"].append((t["received_ns"] - t["send_ns"]) / 1e6)  # one host: one monotonic clock
+    acc["decode_ms"].append(t["decode_ns"] / 1e6)
+    acc["nbytes"].append(t.get("payload_bytes", 0))
+    acc["frames"] += 1
+
+
+def _client_loop(client, seconds: float, rng: np.random.Generator, out: dict, min_frames: int = 0,
+                 pose_hz: float = 0.0) -> None:
+    """Closed loop (``pose_hz`` 0): pose, wait for its decoded frame, repeat. Open loop: a pose every
+    1/pose_hz s as a headset sends them; each newly decoded frame is timed against its pose's send."""
+    acc = {k: [] for k in ("latencies", "server_ms", "transport_ms", "decode_ms", "nbytes")}
+    acc.update(frames=0, timeouts=0)
+    start = time.monotonic()
+    end = start + seconds
+    sent: dict[int, int] = {}
+    last_seq = 0
+    while time.monotonic() < end or acc["frames"] < min_frames:
+        if time.monotonic() > end + 60:
+            break
+        if pose_hz <= 0:
+            head, eyes = _head_pose(rng)
+            sent_ns = time.monotonic_ns()
+            seq = client.send_pose(head, eyes)
+            frame = client.wait_frame(pose_seq=seq, timeout=5.0)
+            if frame is None or frame.pose_seq != seq:
+                acc["timeouts"] += 1
+                continue
+            _record(frame, sent_ns, acc)
             continue
-        decoded = frame.timings["received_ns"] + frame.timings["decode_ns"]
-        latencies.append((decoded - sent) / 1e6)
-        t = frame.timings
-        server_ms.append((t["send_ns"] - t["pose_received_ns"]) / 1e6)
-        transport_ms.append((t["received_ns"] - t["send_ns"]) / 1e6)  # one host: one monotonic clock
-        decode_ms.append(t["decode_ns"] / 1e6)
-        nbytes.append(t.get("payload_bytes", 0))
-        frames += 1
-    out.update(latencies=latencies, server_ms=server_ms, transport_ms=transport_ms, decode_ms=decode_ms,
-               frames=frames, timeouts=timeouts, nbytes=nbytes)
+        tick = time.monotonic()
+        head, eyes = _head_pose(rng, tick - start)
+        sent[client.send_pose(head, eyes)] = time.monotonic_ns()
+        frame = client.latest_frame()
+        if frame is not None and frame.seq != last_seq and frame.pose_seq in sent:
+            last_seq = frame.seq
+            _record(frame, sent[frame.pose_seq], acc)
+        for old in [s for s in sent if s < (frame.pose_seq if frame else 0)]:
+            del sent[old]
+        time.sleep(max(0.0, 1.0 / pose_hz - (time.monotonic() - tick)))
+    out.update(acc)
 
 
 def run(world_dir_or_none, device: str, width: int, height: int, clients: int, seconds: float,
         static_points: int | None = None, fps: float = 1000.0, color_codec: str = "jpeg",
-        noise_colors: bool = False) -> dict:
+        noise_colors: bool = False, pose_hz: float = 0.0) -> dict:
     """Serve in a subprocess, run ``clients`` closed-loop clients for ``seconds``; returns the numbers."""
     from gen_server.cameras import Fov
     from xr_client.stream_client import StreamClient, StreamConfig
@@ -124,7 +159,7 @@ def run(world_dir_or_none, device: str, width: int, height: int, clients: int, s
         warm = [dict() for _ in streams]
         _run_threads(streams, 1.0, warm, min_frames=5)
         results = [dict() for _ in streams]
-        _run_threads(streams, seconds, results)
+        _run_threads(streams, seconds, results, pose_hz=pose_hz)
         for s in streams:
             s.close()
         stop.set()
@@ -152,6 +187,7 @@ def run(world_dir_or_none, device: str, width: int, height: int, clients: int, s
         "timeouts": sum(r["timeouts"] for r in results),
         "send_to_received_ms_p50": pct(transport, 50), "client_decode_ms_p50": pct(decode, 50),
         "color_codec": color_codec, "colors": "noise" if noise_colors else "smooth",
+        "mode": f"open loop, poses at {pose_hz:g} Hz" if pose_hz > 0 else "closed loop",
         "frame_kib_mean": round(float(np.mean(np.concatenate([r["nbytes"] for r in results]))) / 1024, 1),
         "server_render_ms_p50": server_status.get("render_ms_p50"),
         "server_encode_ms_p50": server_status.get("encode_ms_p50"),
@@ -160,8 +196,8 @@ def run(world_dir_or_none, device: str, width: int, height: int, clients: int, s
     }
 
 
-def _run_threads(streams, seconds: float, outs: list[dict], min_frames: int = 0) -> None:
-    threads = [threading.Thread(target=_client_loop, args=(s, seconds, np.random.default_rng(i), o, min_frames))
+def _run_threads(streams, seconds: float, outs: list[dict], min_frames: int = 0, pose_hz: float = 0.0) -> None:
+    threads = [threading.Thread(target=_client_loop, args=(s, seconds, np.random.default_rng(i), o, min_frames, pose_hz))
                for i, (s, o) in enumerate(zip(streams, outs))]
     for t in threads:
         t.start()
@@ -180,13 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--static-points", type=int)
     p.add_argument("--color-codec", default="jpeg", choices=("jpeg", "h264"))
     p.add_argument("--noise-colors", action="store_true", help="random per-point colours (JPEG's worst case)")
+    p.add_argument("--pose-hz", type=float, default=0.0,
+                   help="open loop: send poses at this rate like a headset (default 0: closed loop)")
     args = p.parse_args(argv)
     for n in args.clients:
         r = run(args.world, args.device, args.width, args.height, n, args.seconds, args.static_points,
-                color_codec=args.color_codec, noise_colors=args.noise_colors)
+                color_codec=args.color_codec, noise_colors=args.noise_colors, pose_hz=args.pose_hz)
         print(json.dumps(r))
         print(f"serve: {n} client(s) at 2x{args.width}x{args.height} {r['color_codec']} {r['frame_kib_mean']} KiB/frame "
-              f"({r['colors']} colours): {r['fps_per_client_min']:.1f} fps/client "
+              f"({r['colors']} colours, {r['mode']}): {r['fps_per_client_min']:.1f} fps/client "
               f"(total {r['fps_total']:.1f}), pose->decoded p50 {r['latency_ms_p50']} / p99 {r['latency_ms_p99']} ms, "
               f"server pose->send p99 {r['server_pose_to_send_ms_p99']} ms (render {r['server_render_ms_p50']} + "
               f"encode {r['server_encode_ms_p50']} ms, {'/'.join(r['encoder'])}; transport {r['send_to_received_ms_p50']} + "
