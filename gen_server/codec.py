@@ -12,6 +12,7 @@ client side (``xr_client.frame_decode``) can use the dequantisation below withou
 
 from __future__ import annotations
 
+import dataclasses
 import fractions
 import functools
 import time
@@ -56,6 +57,10 @@ class EncodedViews:
     encode_ns: int
     backend: str
     keyframe: bool = True  # False only for an h264 frame that needs the ones before it
+
+    def select(self, views: slice) -> "EncodedViews":
+        """The same encoding restricted to some views (one client's eyes out of a batch)."""
+        return dataclasses.replace(self, color=self.color[views], depth=self.depth[views])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -189,12 +194,13 @@ class FrameEncoder:
     def close(self) -> None:
         self._pool.shutdown(wait=False)
 
-    def encode(self, color, depth, valid=None, depth_scale: float = 1.0,
+    def encode(self, color, depth, valid=None, depth_scale: float | list[float] = 1.0,
                h264: "H264StreamEncoder | None" = None) -> EncodedViews:
         """``color`` (B, H, W, 3) uint8, ``depth`` (B, H, W) float32 metres, ``valid`` (B, H, W) bool;
         numpy arrays or torch tensors (CUDA tensors use nvJPEG, and depth is reduced and quantised on
         the GPU). ``depth`` is divided by ``depth_scale`` first (world -> stage metres when the
-        calibration scales the world). ``h264``: the client's stream encoder, replacing JPEG."""
+        calibration scales the world; one number, or one per view). ``h264``: the client's stream
+        encoder, replacing JPEG."""
         start = time.perf_counter_ns()
         cfg = self.config
         if color.ndim != 4 or color.shape[-1] != 3 or tuple(depth.shape) != tuple(color.shape[:3]):
@@ -226,13 +232,14 @@ class FrameEncoder:
             factor *= 2
         return factor
 
-    def depth_codes(self, depth, valid, depth_scale: float) -> np.ndarray:
+    def depth_codes(self, depth, valid, depth_scale: float | list[float]) -> np.ndarray:
         """(B, H, W) depth -> (B, h, w) uint16 inverse-depth codes at the reduced resolution."""
         cfg, f = self.config, self.depth_factor(int(depth.shape[-1]))
+        scales = np.broadcast_to(np.asarray(depth_scale, np.float32), (depth.shape[0],))[:, None, None]
         if not isinstance(depth, np.ndarray):  # torch: reduce + quantise on the device, copy codes only
             import torch  # noqa: PLC0415
 
-            d = depth.float() / depth_scale
+            d = depth.float() / torch.tensor(np.array(scales), device=depth.device)
             ok = torch.isfinite(d) & (d > 0)
             if valid is not None:
                 ok &= valid.bool()
@@ -241,7 +248,7 @@ class FrameEncoder:
                 d = -torch.nn.functional.max_pool2d(-d[:, None], f, f, ceil_mode=True)[:, 0]
             d = torch.where(torch.isfinite(d), d, torch.zeros_like(d))
             return quantize_inverse_depth_torch(d, cfg.depth_near, cfg.depth_far).cpu().numpy().astype(np.uint16)
-        d = np.asarray(depth, np.float32) / np.float32(depth_scale)
+        d = np.asarray(depth, np.float32) / scales
         if valid is not None:
             d = np.where(np.asarray(valid, bool), d, np.float32(0))
         return quantize_inverse_depth(downsample_depth(d, f), cfg.depth_near, cfg.depth_far)

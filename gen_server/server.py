@@ -455,27 +455,40 @@ class StreamServer:
             return
         t_rendered = time.monotonic_ns()
         self.stats.render_ms.append((t_rendered - t_render) / 1e6)
-        offset = 0
-        for client, pose, received_ns, fovs, scale in jobs:
-            views_of = slice(offset, offset + len(fovs))
-            offset += len(fovs)
+        # Stateless codecs: one encode for every such client's eyes (one nvJPEG batch, one depth pass);
+        # h264 clients each feed their own streams.
+        spans, offset = [], 0
+        for job in jobs:
+            spans.append(slice(offset, offset + len(job[3])))
+            offset += len(job[3])
+        batch = [i for i, job in enumerate(jobs) if job[0].h264 is None]
+        units = [(batch, None)] if batch else []
+        units += [([i], jobs[i][0].h264) for i, job in enumerate(jobs) if job[0].h264 is not None]
+        for members, h264 in units:
+            index = [v for i in members for v in range(spans[i].start, spans[i].stop)]
+            scales = [jobs[i][4] for i in members for _ in range(spans[i].stop - spans[i].start)]
             t_encode = time.monotonic_ns()
             try:
                 encoded = self.encoder.encode(
-                    views.color[views_of], views.depth[views_of],
-                    views.valid[views_of] if self.config.mask_invalid_depth else None, depth_scale=scale,
-                    h264=client.h264)
+                    views.color[index], views.depth[index],
+                    views.valid[index] if self.config.mask_invalid_depth else None, depth_scale=scales, h264=h264)
             except Exception as e:  # noqa: BLE001
                 self.stats.totals["encode_errors"] += 1
-                self._send(client.identity, P.Error("server_error", f"encode failed: {type(e).__name__}: {e}",
-                                                    about="pose", seq=pose.seq))
+                for i in members:
+                    self._send(jobs[i][0].identity, P.Error("server_error", f"encode failed: {type(e).__name__}: {e}",
+                                                            about="pose", seq=jobs[i][1].seq))
                 continue
             t_encoded = time.monotonic_ns()
-            self.stats.totals[f"encoded_{encoded.backend}"] += 1
+            self.stats.totals[f"encoded_{encoded.backend}"] += len(members)
             self.stats.encode_ms.append((t_encoded - t_encode) / 1e6)
-            self._send_frame(client, pose, received_ns, fovs, tau, state, encoded,
-                             {"pose_received_ns": received_ns, "render_start_ns": t_render, "render_end_ns": t_rendered,
-                              "encode_start_ns": t_encode, "encode_end_ns": t_encoded})
+            start = 0
+            for i in members:
+                client, pose, received_ns, fovs, _ = jobs[i]
+                mine = encoded.select(slice(start, start + len(fovs)))
+                start += len(fovs)
+                self._send_frame(client, pose, received_ns, fovs, tau, state, mine,
+                                 {"pose_received_ns": received_ns, "render_start_ns": t_render,
+                                  "render_end_ns": t_rendered, "encode_start_ns": t_encode, "encode_end_ns": t_encoded})
 
     def _send_frame(self, client, pose, received_ns, fovs, tau, state, encoded, timings) -> None:
         timings["send_ns"] = time.monotonic_ns()

@@ -198,3 +198,16 @@ def test_h264_stream_round_trip_keyframes_and_sizes():
     assert late.decode(as_frame(4, frames[4][1])) is not None
     with pytest.raises(ProtocolError, match="stateful"):
         decode_color("h264", frames[0][1].color[0], 128, 96)
+
+
+def test_per_view_depth_scale_and_select():
+    enc = FrameEncoder(CodecConfig(depth_downscale=1))
+    depth = np.full((4, 8, 8), 6.0, np.float32)
+    out = enc.encode(np.zeros((4, 8, 8, 3), np.uint8), depth, depth_scale=[1.0, 1.0, 3.0, 3.0])
+    for i, z in enumerate((6.0, 6.0, 2.0, 2.0)):
+        back = decode_depth(out.depth_codec, out.depth[i], 8, 8, out.depth_near, out.depth_far)
+        assert np.abs(back - z).max() <= depth_error_bound(z, out.depth_near, out.depth_far) + 1e-6
+    second = out.select(slice(2, 4))
+    assert second.depth == out.depth[2:] and second.color == out.color[2:] and second.width == 8
+    torch_out = enc.encode(torch.zeros(4, 8, 8, 3, dtype=torch.uint8), torch.from_numpy(depth), depth_scale=[1.0, 1.0, 3.0, 3.0])
+    assert torch_out.depth == out.depth
