@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int, default=960, help="downscale frames so the longer side is at most this")
     p.add_argument("--device", choices=("cpu", "cuda"), help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                   help="torch.compile the dynamic-detection kernel (auto: on CUDA only; on: also on the CPU)")
+                   help="torch.compile the dynamic-detection kernel (auto: on CUDA, and on the CPU for "
+                   ">= 640x360 frames when a C++ compiler is present)")
     p.add_argument("--no-source-video", action="store_true", help="do not store the resampled colour as source.mp4")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -150,8 +150,8 @@ def build_world(input_path: str | Path, out_dir: str | Path, depth_model: str | 
                 fusion_config=None, compile: bool | None = None) -> BuildSummary:
     """Build the anchored world state of ``input_path`` into ``out_dir`` (atomic); returns the summary.
 
-    ``compile``: run the dynamic-detection kernel through torch.compile (None: on CUDA only; it needs a
-    C++ compiler on the CPU and falls back to eager where compiling fails).
+    ``compile``: run the dynamic-detection kernel through torch.compile (None: ``fusion.auto_compile``;
+    falls back to eager where compiling fails).
     """
     import torch
     from tqdm import tqdm

@@ -61,10 +61,21 @@ class FusionConfig:
     detect_max_side: int = 480
     max_dynamic_points: int = 131_072
     dynamic_batch: int = 8  # frames whose dynamic points are moved to the CPU together (one sync)
-    compile: bool | None = None  # torch.compile the detection kernel; None: on CUDA only
+    compile: bool | None = None  # torch.compile the detection kernel; None: see auto_compile
     carve_every: int = 4  # every n-th frame removes static voxels it sees through (0: never)
     merge_min: int = 262_144  # pending static samples that trigger a merge, at least ...
     merge_max: int = 4_000_000  # ... and at most; in between, the merged voxel count (amortised sort)
+
+
+def auto_compile(device: torch.device, size: tuple[int, int]) -> bool:
+    """Whether ``compile=None`` compiles the detection kernel: always on CUDA (the eager kernel is
+    launch-bound there); on the CPU for frames of 640x360 and up when a C++ compiler is on PATH (it
+    pays off there - 28 vs 19 frames/s at 960x540 on 2 cores - and small test clips stay eager)."""
+    if device.type == "cuda":
+        return True
+    import shutil
+
+    return size[0] * size[1] >= 640 * 360 and any(shutil.which(c) for c in ("g++", "c++", "clang++"))
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -261,8 +272,7 @@ class WorldFuser:
         self._poses: list[np.ndarray] = []
         self._intrinsics: list[np.ndarray] = []
         self._size: tuple[int, int] | None = None
-        want = self.config.compile
-        self._compiled = self.device.type == "cuda" if want is None else bool(want)
+        self._compiled: bool | None = self.config.compile  # None: decided at the first frame
         self.dynamic_pixels = 0
         self._static_pixels = torch.zeros((), dtype=torch.int64, device=self.device)
 
@@ -376,6 +386,8 @@ class WorldFuser:
             self._ring.popleft()
 
     def _detect(self, points, rgb, valid, neighbours):
+        if self._compiled is None:
+            self._compiled = auto_compile(self.device, self._size)
         if self._compiled:
             try:
                 return detect_dynamic(points, rgb, valid, neighbours, self.config.detect, compiled=True)
