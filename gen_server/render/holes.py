@@ -8,22 +8,24 @@ import torch
 import torch.nn.functional as F
 
 
-def _push(values: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One level down: 2x2 weighted mean; odd sizes are padded with zero weight."""
+def _push(values: torch.Tensor, weight: torch.Tensor, premultiplied: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One level down: 2x2 weighted mean; odd sizes are padded with zero weight. ``premultiplied``:
+    ``values`` already equal ``values * weight`` (0/1 weights with zeros where the weight is 0)."""
     h, w = values.shape[-2:]
     pad = (0, w % 2, 0, h % 2)
     if pad[1] or pad[3]:
         values, weight = F.pad(values, pad), F.pad(weight, pad)
     wsum = F.avg_pool2d(weight, 2) * 4.0
-    vsum = F.avg_pool2d(values * weight, 2) * 4.0
+    vsum = F.avg_pool2d(values if premultiplied else values * weight, 2) * 4.0
     coarse = vsum / wsum.clamp(min=1e-12)
     return coarse, wsum.clamp(max=1.0)
 
 
-def push_pull(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def push_pull(values: torch.Tensor, valid: torch.Tensor, zero_invalid: bool = False) -> torch.Tensor:
     """Fill pixels where ``valid`` is False. values (B, C, H, W) float, valid (B, H, W) bool -> (B, C, H, W).
 
     Valid pixels are returned unchanged; a view with no valid pixel at all stays as it is.
+    ``zero_invalid``: the caller guarantees ``values`` is 0 wherever ``valid`` is False (saves a pass).
     """
     if values.ndim != 4 or valid.shape != (values.shape[0],) + values.shape[2:]:
         raise ValueError(f"push_pull: expected values (B,C,H,W) and valid (B,H,W), got {tuple(values.shape)} {tuple(valid.shape)}")
@@ -32,11 +34,14 @@ def push_pull(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     # A fixed number of levels (down to 1 pixel) rather than "until no holes": no host syncs, and the
     # coarse levels cost almost nothing.
     while min(levels[-1][0].shape[-2:]) > 1:
-        levels.append(_push(*levels[-1]))
+        levels.append(_push(*levels[-1], premultiplied=zero_invalid and len(levels) == 1))
     filled = levels[-1][0]
-    for vals, w in reversed(levels[:-1]):
+    for i in range(len(levels) - 2, -1, -1):
+        vals, w = levels[i]
         up = F.interpolate(filled, scale_factor=2.0, mode="bilinear", align_corners=False)[..., : vals.shape[-2], : vals.shape[-1]]
         if up.shape[-2:] != vals.shape[-2:]:  # 1-pixel-wide coarse level: nearest pad
             up = F.interpolate(filled, size=vals.shape[-2:], mode="nearest")
+        if i == 0:  # full resolution: 0/1 weights, so the blend is a select (and valid pixels stay exact)
+            return torch.where(valid[:, None], values, up)
         filled = w * vals + (1.0 - w) * up
-    return torch.where(valid[:, None], values, filled)
+    return values.clone()  # 1x1 image: nothing to pull from

@@ -148,8 +148,9 @@ class Renderer:
         else:
             planes, valid = resolve_planes(self._zbuffer([static, self._dynamic_slice(a)], proj, k, width, height), self.points, batch, height, width)
         if self.config.fill_holes:
-            planes = push_pull(planes, valid)
-        color = (planes[:, :3] + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+            planes = push_pull(planes, valid, zero_invalid=True)
+        color = torch.empty((batch, height, width, 3), dtype=torch.uint8, device=self.device)
+        color.copy_((planes[:, :3] + 0.5).clamp_(0, 255).permute(0, 2, 3, 1))  # uint8 cast truncates: floor(x + .5)
         return RenderOutput(color, planes[:, 3].contiguous(), valid)
 
     def render_fov(self, world_from_eye, fovs: list[cameras.Fov], width: int, height: int, tau: float) -> RenderOutput:
@@ -162,10 +163,14 @@ class Renderer:
 
 
 def _cross_fade(planes_a, valid_a, planes_b, valid_b, w: float):
-    """Blend two resolved frames (planes (B, 4, H, W)) with weight ``w`` on b; a pixel valid in only one
-    takes that one."""
-    wa = valid_a.to(torch.float32) * (1.0 - w)
-    wb = valid_b.to(torch.float32) * w
+    """Blend two resolved frames (planes (B, 4, H, W), 0 where not valid; consumed) with weight ``w`` on b;
+    a pixel valid in only one takes that one."""
+    # The per-pixel weights take only two values each, so compute them as float32 scalars (bit-identical to
+    # normalising per-pixel weight maps) and pick per pixel.
+    wa = torch.ones(1, dtype=torch.float32, device=planes_a.device) * (1.0 - w)
+    wb = torch.ones(1, dtype=torch.float32, device=planes_a.device) * w
     total = (wa + wb).clamp(min=1e-12)
-    planes = planes_a * (wa / total)[:, None] + planes_b * (wb / total)[:, None]
+    ka = torch.where(valid_b, wa / total, wa / wa.clamp(min=1e-12))[:, None]
+    kb = torch.where(valid_a, wb / total, wb / wb.clamp(min=1e-12))[:, None]
+    planes = planes_a.mul_(ka).add_(planes_b.mul_(kb))
     return planes, valid_a | valid_b

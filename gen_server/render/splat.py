@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import sys
+
 import numpy as np
 import torch
 
 EMPTY_KEY = torch.iinfo(torch.int64).max
 _ID_MASK = 0xFFFFFFFF
 _RADIUS_LEVELS = 255
+assert sys.byteorder == "little", "resolve_planes reads packed colours byte-wise"
 
 
 @dataclass(frozen=True)
@@ -146,51 +149,79 @@ def splat_into(
         return
     u, v, z = project(xyz, proj)  # (B, M)
     gid = torch.arange(start, start + xyz.shape[1], device=xyz.device) if ids is None else ids
-    # Footprint maths densely over (B, M) (M is already frustum-culled by chunks), then one compaction.
+    # Footprint maths densely over (B, M) (M is already frustum-culled by chunks).
     radius = points.radii_at(gid)[None, :] * config.radius_scale / z
     rx = (radius * intrinsics[:, 0, 0, None]).clamp(0.5, config.max_half_px)
     ry = (radius * intrinsics[:, 1, 1, None]).clamp(0.5, config.max_half_px)
     x0 = torch.ceil(u - rx).clamp(min=0)
-    x1 = torch.floor(u + rx).clamp(max=width - 1)
     y0 = torch.ceil(v - ry).clamp(min=0)
-    y1 = torch.floor(v + ry).clamp(max=height - 1)
-    # NaN points and points behind the near plane fail these comparisons and never land.
-    keep = (z > config.near) & (x0 <= x1) & (y0 <= y1)
-    m = xyz.shape[1]
-    lin = keep.view(-1).nonzero().squeeze(1)  # the one host sync of this layer
-    if lin.numel() == 0:
+    nx = torch.floor(u + rx).clamp(max=width - 1) - x0 + 1  # footprint width/height in pixels, <= 63
+    ny = torch.floor(v + ry).clamp(max=height - 1) - y0 + 1
+    # NaN points and points behind the near plane fail these comparisons and never land (class 0).
+    keep = (z > config.near) & (nx >= 1) & (ny >= 1)
+    shape_class = torch.where(keep, ny * 64 + nx, torch.zeros_like(nx)).view(-1).to(torch.int32)
+    _splat_by_shape(zbuf, shape_class, x0, y0, z, gid, width, height)
+
+
+def _footprint_offsets(width: int, nx: int, ny: int, device: torch.device) -> torch.Tensor:
+    """(ny*nx,) int64 pixel offsets of an nx-by-ny footprint from its top-left pixel, row-major (cached)."""
+    key = (width, nx, ny, str(device))
+    off = _OFFSETS.get(key)
+    if off is None:
+        off = (torch.arange(ny)[:, None] * width + torch.arange(nx)[None, :]).view(-1).to(device)
+        if len(_OFFSETS) > 4096:
+            _OFFSETS.clear()
+        _OFFSETS[key] = off
+    return off
+
+
+_OFFSETS: dict = {}
+
+
+def _splat_by_shape(zbuf: torch.Tensor, shape_class: torch.Tensor, x0, y0, z, gid, width: int, height: int) -> None:
+    """Expand every landing point (B*M flattened, ``shape_class`` = ny*64 + nx, 0 = does not land) to its
+    footprint pixels and depth-test them into ``zbuf`` with one scatter-amin.
+
+    Points are grouped by footprint shape (one sort), so each group expands with one broadcast add of a
+    precomputed offset table instead of per-fragment index arithmetic; the group sizes are the one host
+    sync of the layer.
+    """
+    m = x0.shape[1]
+    order = torch.argsort(shape_class)
+    counts = torch.bincount(shape_class, minlength=64 * 64).tolist()
+    kept = order[counts[0]:]
+    if kept.numel() == 0:
         return
-    b_idx = torch.div(lin, m, rounding_mode="floor")
-    take = lambda t: t.reshape(-1).index_select(0, lin)  # noqa: E731
-    x0, y0 = take(x0).long(), take(y0).long()
-    nx = take(x1).long() - x0 + 1
-    ny = take(y1).long() - y0 + 1
-    zbits = take(z).contiguous().view(torch.int32).long()
-    key = (zbits << 32) | gid.index_select(0, lin - b_idx * m)
-    # Per point: first pixel (< 2**40) and footprint width (< 2**6) packed in one int64, so each
-    # fragment needs three gathers (meta, key, first) to find its pixel.
-    meta = ((b_idx * (height * width) + y0 * width + x0) << 6) | nx
-    counts = nx * ny
-    src = torch.repeat_interleave(torch.arange(len(counts), device=zbuf.device), counts)
-    first = torch.cumsum(counts, 0) - counts
-    k = (torch.arange(src.numel(), device=zbuf.device) - first.index_select(0, src)).int()  # < 2**10
-    fm = meta.index_select(0, src)
-    n = (fm & 63).int()
-    row = torch.div(k, n, rounding_mode="floor")
-    pix = (fm >> 6) + (row * width + (k - row * n)).long()
-    zbuf.scatter_reduce_(0, pix, key.index_select(0, src), reduce="amin")
+    b_idx = torch.div(kept, m, rounding_mode="floor")
+    base = b_idx * (height * width) + y0.view(-1).index_select(0, kept).long() * width + x0.view(-1).index_select(0, kept).long()
+    zbits = z.reshape(-1).index_select(0, kept).view(torch.int32).long()
+    key = (zbits << 32) | gid.index_select(0, kept - b_idx * m)
+    groups = [(c & 63, c >> 6, n) for c, n in enumerate(counts) if n and c]
+    total = sum(nx * ny * n for nx, ny, n in groups)
+    pix = torch.empty(total, dtype=torch.int64, device=zbuf.device)
+    keys = torch.empty(total, dtype=torch.int64, device=zbuf.device)
+    p = f = 0
+    for nx, ny, n in groups:
+        a = nx * ny
+        torch.add(base[p:p + n, None], _footprint_offsets(width, nx, ny, zbuf.device)[None, :], out=pix[f:f + n * a].view(n, a))
+        keys[f:f + n * a].view(n, a).copy_(key[p:p + n, None].expand(n, a))
+        p, f = p + n, f + n * a
+    zbuf.scatter_reduce_(0, pix, keys, reduce="amin")
 
 
 def resolve_planes(zbuf: torch.Tensor, points: PackedPoints, batch: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """z-buffer (B*H*W,) int64 -> (planes (B, 4, H, W) float32 = r, g, b (0..255), z-depth metres;
     valid (B, H, W) bool). Convention: empty pixels are 0 in every plane and not valid."""
-    valid = zbuf != EMPTY_KEY
-    ids = torch.where(valid, zbuf & _ID_MASK, torch.zeros_like(zbuf))
+    empty = zbuf == EMPTY_KEY
     planes = torch.empty((batch, 4, height * width), dtype=torch.float32, device=zbuf.device)
-    attrs = points.attrs[ids].view(batch, height * width) if len(points) else torch.zeros((batch, height * width), dtype=torch.int32, device=zbuf.device)
-    validf = valid.view(batch, height * width).to(torch.float32)
-    for c in range(3):
-        planes[:, c] = ((attrs >> (8 * c)) & 0xFF).to(torch.float32) * validf
-    depth = (zbuf >> 32).to(torch.int32).view(torch.float32).view(batch, height * width)
-    planes[:, 3] = torch.where(validf > 0, depth, torch.zeros_like(depth))  # empty keys decode to NaN
-    return planes.view(batch, 4, height, width), valid.view(batch, height, width)
+    if len(points):
+        # Empty keys carry id 0xFFFFFFFF: clamp to a real id, then zero those attributes.
+        ids = (zbuf & _ID_MASK).clamp_(max=len(points) - 1)
+        attrs = points.attrs.index_select(0, ids).masked_fill_(empty, 0)
+        # int32 rgb8|radius -> its 4 bytes (r, g, b, radius code on little-endian hosts): one strided copy.
+        planes[:, :3] = attrs.view(torch.uint8).view(batch, height * width, 4)[..., :3].transpose(1, 2)
+    else:
+        planes[:, :3] = 0.0
+    depth = (zbuf >> 32).to(torch.int32).view(torch.float32).masked_fill_(empty, 0.0)  # empty keys decode to NaN
+    planes[:, 3] = depth.view(batch, height * width)
+    return planes.view(batch, 4, height, width), ~empty.view(batch, height, width)
