@@ -47,8 +47,12 @@ def bench_world(static_points: int, noise_colors: bool = False):
                    dynamic=replace(world.dynamic, colors=smooth_colors(world.dynamic.positions)))
 
 
-def _serve(world_dir, device, static_points, fps, color_codec, noise_colors, ready, stop) -> None:
+def _serve(world_dir, device, static_points, fps, color_codec, noise_colors, threads, ready, stop) -> None:
     """Server process body: build/load the world, serve until ``stop`` is set."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     from gen_server.codec import CodecConfig
     from gen_server.commands.serve import world_info
     from gen_server.generators import make_generator
@@ -135,7 +139,7 @@ def _client_loop(client, seconds: float, rng: np.random.Generator, out: dict, mi
 
 def run(world_dir_or_none, device: str, width: int, height: int, clients: int, seconds: float,
         static_points: int | None = None, fps: float = 1000.0, color_codec: str = "jpeg",
-        noise_colors: bool = False, pose_hz: float = 0.0) -> dict:
+        noise_colors: bool = False, pose_hz: float = 0.0, threads: int | None = None) -> dict:
     """Serve in a subprocess, run ``clients`` closed-loop clients for ``seconds``; returns the numbers."""
     from gen_server.cameras import Fov
     from xr_client.stream_client import StreamClient, StreamConfig
@@ -144,7 +148,7 @@ def run(world_dir_or_none, device: str, width: int, height: int, clients: int, s
     ctx = mp.get_context("spawn")
     ready, stop = ctx.Queue(), ctx.Event()
     proc = ctx.Process(target=_serve, args=(world_dir_or_none, device, static_points, fps, color_codec, noise_colors,
-                                            ready, stop), daemon=True)
+                                            threads, ready, stop), daemon=True)
     proc.start()
     try:
         address, info = ready.get(timeout=300)
@@ -187,6 +191,7 @@ def run(world_dir_or_none, device: str, width: int, height: int, clients: int, s
         "timeouts": sum(r["timeouts"] for r in results),
         "send_to_received_ms_p50": pct(transport, 50), "client_decode_ms_p50": pct(decode, 50),
         "color_codec": color_codec, "colors": "noise" if noise_colors else "smooth",
+        "server_torch_threads": threads,
         "mode": f"open loop, poses at {pose_hz:g} Hz" if pose_hz > 0 else "closed loop",
         "frame_kib_mean": round(float(np.mean(np.concatenate([r["nbytes"] for r in results]))) / 1024, 1),
         "server_render_ms_p50": server_status.get("render_ms_p50"),
@@ -216,12 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--static-points", type=int)
     p.add_argument("--color-codec", default="jpeg", choices=("jpeg", "h264"))
     p.add_argument("--noise-colors", action="store_true", help="random per-point colours (JPEG's worst case)")
+    p.add_argument("--threads", type=int, help="torch CPU threads in the server process")
     p.add_argument("--pose-hz", type=float, default=0.0,
                    help="open loop: send poses at this rate like a headset (default 0: closed loop)")
     args = p.parse_args(argv)
     for n in args.clients:
         r = run(args.world, args.device, args.width, args.height, n, args.seconds, args.static_points,
-                color_codec=args.color_codec, noise_colors=args.noise_colors, pose_hz=args.pose_hz)
+                color_codec=args.color_codec, noise_colors=args.noise_colors, pose_hz=args.pose_hz,
+                threads=args.threads)
         print(json.dumps(r))
         print(f"serve: {n} client(s) at 2x{args.width}x{args.height} {r['color_codec']} {r['frame_kib_mean']} KiB/frame "
               f"({r['colors']} colours, {r['mode']}): {r['fps_per_client_min']:.1f} fps/client "

@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--color-codec", default="jpeg", choices=("jpeg", "h264"),
                    help="h264: low-bandwidth stream for clients that decode it (others still get JPEG)")
     p.add_argument("--h264-crf", type=int, default=23, help="h264 quality (lower = better, 0..51)")
+    p.add_argument("--threads", type=int, help="torch CPU threads for a CPU device (fewer is steadier on a busy box)")
     p.add_argument("--client-timeout", type=float, default=5.0, help="seconds of silence before a client is freed")
     return p
 
@@ -63,6 +64,12 @@ def main(argv: list[str]) -> int:
         h264=H264Config(crf=args.h264_crf),
     )
     check_bind_security(config)  # before the (slow) world load: a refused bind fails at once
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads: must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     world = load_world(args.world)
     generator = make_generator(args.generator, world, device=args.device)
     server = StreamServer(generator, world_info(world, args.world), config, load_world_from_stage(args.world, world))
