@@ -24,7 +24,8 @@ import torch
 
 from gen_server import cameras
 from gen_server.benchmarks.machine import describe, machine_info
-from gen_server.render.renderer import Renderer
+from gen_server.render.renderer import RenderConfig, Renderer
+from gen_server.render.splat import SplatConfig
 from gen_server.world.state import PointLayer, WorldState
 
 
@@ -91,10 +92,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run(device: str, width: int, height: int, static_points: int, dynamic_points: int, iters: int, frames: int = 4, ipd: float = 0.064, warmup: int = 3) -> dict:
-    """Render ``iters`` stereo pairs (2 x width x height) at random fractional tau; returns timings."""
+def run(device: str, width: int, height: int, static_points: int, dynamic_points: int, iters: int, frames: int = 4, ipd: float = 0.064, warmup: int = 3, expansion: str = "auto") -> dict:
+    """Render ``iters`` stereo pairs (2 x width x height) at random fractional tau; returns timings.
+    ``expansion``: :attr:`SplatConfig.expansion` (footprint expansion strategy)."""
     world = random_world(static_points, dynamic_points, frames)
-    renderer = Renderer(world, device)
+    renderer = Renderer(world, device, RenderConfig(splat=SplatConfig(expansion=expansion)))
     dev = renderer.device
     fov = cameras.Fov.symmetric(math.radians(100), width / height)
     rng = np.random.default_rng(1)
@@ -123,6 +125,7 @@ def run(device: str, width: int, height: int, static_points: int, dynamic_points
         "dynamic_points_per_frame": dynamic_points,
         "dynamic_frames": frames,
         "bytes_per_point_gpu": renderer.points.bytes_per_point(),
+        "expansion": expansion,
         "iters": iters,
         "ms_per_pair_median": float(np.median(times) * 1e3),
         "ms_per_pair_mean": float(times.mean() * 1e3),
@@ -138,7 +141,7 @@ def _profile(args) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     world = random_world(args.static_points, args.dynamic_points, args.frames)
-    renderer = Renderer(world, args.device)
+    renderer = Renderer(world, args.device, RenderConfig(splat=SplatConfig(expansion=args.expansion)))
     fov = cameras.Fov.symmetric(math.radians(100), args.width / args.height)
     heads = _head_poses(np.random.default_rng(2), 7)
     for h in heads[:2]:
@@ -163,11 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--expansion", choices=("auto", "groups", "flat"), default="auto", help="footprint expansion strategy (SplatConfig.expansion)")
     p.add_argument("--profile", action="store_true", help="also print a torch profiler table of 5 renders")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    r = run(args.device, args.width, args.height, args.static_points, args.dynamic_points, args.iters, args.frames)
+    r = run(args.device, args.width, args.height, args.static_points, args.dynamic_points, args.iters, args.frames, expansion=args.expansion)
     print(json.dumps(r, indent=1))
     if args.profile:
         _profile(args)
