@@ -64,3 +64,8 @@ def test_inspatio_flags_reach_the_real_loader(world_dir, trajectory, tmp_path, c
     assert str(ckpt) in err and "missing" in err and "blocks.10." in err  # a 2-layer checkpoint lacks layers 2-29
     assert len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_serve_inspatio_needs_its_weights(world_dir, capsys):
+    assert main(["serve", str(world_dir), "--generator", "inspatio", "--taehv", "x.pth"]) == 2
+    assert "--generator inspatio needs --checkpoint" in capsys.readouterr().err

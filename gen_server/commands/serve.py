@@ -7,6 +7,8 @@ import signal
 import sys
 from pathlib import Path
 
+from gen_server.generators.options import add_generator_arguments, generator_options
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="timewalk serve", description="Stream stereo views of a world to XR clients over ZeroMQ.")
@@ -14,7 +16,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint (default: loopback port 5555)")
     p.add_argument("--fps", type=float, default=24.0, help="most frames per second per client (default 24)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--generator", default="geometric", help="view generator (default: geometric)")
     p.add_argument("--independent-timelines", action="store_true", help="each client scrubs its own time")
     p.add_argument("--end-mode", default="loop", choices=("loop", "bounce", "hold"), help="at the clip's ends")
     p.add_argument("--keys", type=Path, help="CURVE key folder from `timewalk keys generate` (required off loopback)")
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--h264-crf", type=int, default=23, help="h264 quality (lower = better, 0..51)")
     p.add_argument("--threads", type=int, help="torch CPU threads for a CPU device (fewer is steadier on a busy box)")
     p.add_argument("--client-timeout", type=float, default=5.0, help="seconds of silence before a client is freed")
+    add_generator_arguments(p)
     return p
 
 
@@ -37,7 +39,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from gen_server.codec import CodecConfig, H264Config
     from gen_server.errors import InputError
-    from gen_server.generators import GENERATORS, make_generator
+    from gen_server.generators import make_generator
     from gen_server.server import ServerConfig, StreamServer, check_bind_security, load_world_from_stage
     from gen_server.world.store import load_world
 
@@ -53,8 +55,6 @@ def main(argv: list[str]) -> int:
         raise InputError(f"--depth-downscale: must be >= 0 (0 = auto), got {args.depth_downscale}")
     if not 0 <= args.h264_crf <= 51:
         raise InputError(f"--h264-crf: must be in [0, 51], got {args.h264_crf}")
-    if args.generator not in GENERATORS:
-        raise InputError(f"--generator: unknown {args.generator!r} (choices: {', '.join(sorted(GENERATORS))})")
     config = ServerConfig(
         bind=args.bind, fps=args.fps, width=args.width, height=args.height,
         independent_timelines=args.independent_timelines, end_mode=args.end_mode, keys_dir=args.keys,
@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
 
         torch.set_num_threads(args.threads)
     world = load_world(args.world)
-    generator = make_generator(args.generator, world, device=args.device)
+    generator = make_generator(args.generator, world, device=args.device, **generator_options(args, args.world))
     server = StreamServer(generator, world_info(world, args.world), config, load_world_from_stage(args.world, world))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.request_stop())
