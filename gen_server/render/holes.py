@@ -8,6 +8,16 @@ import torch
 import torch.nn.functional as F
 
 
+def select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.where(mask, a, b)`` for float32 tensors, bit for bit, via integer bit operations (several
+    times faster than ``where`` on CPU). ``mask`` bool broadcastable to ``a`` and ``b`` (same shape)."""
+    m = mask.to(torch.int32).neg_()  # all ones where True
+    bits = a.view(torch.int32) ^ b.view(torch.int32)
+    bits &= m
+    bits ^= b.view(torch.int32)
+    return bits.view(torch.float32)
+
+
 def _push(values: torch.Tensor, weight: torch.Tensor, premultiplied: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One level down: 2x2 weighted mean; odd sizes are padded with zero weight. ``premultiplied``:
     ``values`` already equal ``values * weight`` (0/1 weights with zeros where the weight is 0)."""
@@ -42,6 +52,6 @@ def push_pull(values: torch.Tensor, valid: torch.Tensor, zero_invalid: bool = Fa
         if up.shape[-2:] != vals.shape[-2:]:  # 1-pixel-wide coarse level: nearest pad
             up = F.interpolate(filled, size=vals.shape[-2:], mode="nearest")
         if i == 0:  # full resolution: 0/1 weights, so the blend is a select (and valid pixels stay exact)
-            return torch.where(valid[:, None], values, up)
+            return select(valid[:, None], values, up) if values.dtype == torch.float32 else torch.where(valid[:, None], values, up)
         filled = w * vals + (1.0 - w) * up
     return values.clone()  # 1x1 image: nothing to pull from

@@ -15,7 +15,7 @@ import torch
 
 from gen_server import cameras
 from gen_server.render.chunks import ChunkBounds, morton_order
-from gen_server.render.holes import push_pull
+from gen_server.render.holes import push_pull, select
 from gen_server.render.splat import EMPTY_KEY, PackedPoints, SplatConfig, pack_points, projection_matrices, resolve_planes, splat_into
 from gen_server.world.state import PointLayer, WorldState
 
@@ -170,7 +170,8 @@ def _cross_fade(planes_a, valid_a, planes_b, valid_b, w: float):
     wa = torch.ones(1, dtype=torch.float32, device=planes_a.device) * (1.0 - w)
     wb = torch.ones(1, dtype=torch.float32, device=planes_a.device) * w
     total = (wa + wb).clamp(min=1e-12)
-    ka = torch.where(valid_b, wa / total, wa / wa.clamp(min=1e-12))[:, None]
-    kb = torch.where(valid_a, wb / total, wb / wb.clamp(min=1e-12))[:, None]
+    shape = valid_a.shape
+    ka = select(valid_b, (wa / total).expand(shape), (wa / wa.clamp(min=1e-12)).expand(shape))[:, None]
+    kb = select(valid_a, (wb / total).expand(shape), (wb / wb.clamp(min=1e-12)).expand(shape))[:, None]
     planes = planes_a.mul_(ka).add_(planes_b.mul_(kb))
     return planes, valid_a | valid_b

@@ -252,15 +252,16 @@ def resolve_planes(zbuf: torch.Tensor, points: PackedPoints, batch: int, height:
     """z-buffer (B*H*W,) int64 -> (planes (B, 4, H, W) float32 = r, g, b (0..255), z-depth metres;
     valid (B, H, W) bool). Convention: empty pixels are 0 in every plane and not valid."""
     empty = zbuf == EMPTY_KEY
+    keep = empty.to(torch.int32).sub_(1)  # int32 all ones where valid, 0 where empty (bit ops beat masked_fill on CPU)
     planes = torch.empty((batch, 4, height * width), dtype=torch.float32, device=zbuf.device)
     if len(points):
         # Empty keys carry id 0xFFFFFFFF: clamp to a real id, then zero those attributes.
         ids = (zbuf & _ID_MASK).clamp_(max=len(points) - 1)
-        attrs = points.attrs.index_select(0, ids).masked_fill_(empty, 0)
+        attrs = points.attrs.index_select(0, ids).bitwise_and_(keep)
         # int32 rgb8|radius -> its 4 bytes (r, g, b, radius code on little-endian hosts): one strided copy.
         planes[:, :3] = attrs.view(torch.uint8).view(batch, height * width, 4)[..., :3].transpose(1, 2)
     else:
         planes[:, :3] = 0.0
-    depth = (zbuf >> 32).to(torch.int32).view(torch.float32).masked_fill_(empty, 0.0)  # empty keys decode to NaN
+    depth = (zbuf >> 32).to(torch.int32).bitwise_and_(keep).view(torch.float32)  # empty keys would decode to NaN: 0
     planes[:, 3] = depth.view(batch, height * width)
     return planes.view(batch, 4, height, width), ~empty.view(batch, height, width)
