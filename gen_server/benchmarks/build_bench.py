@@ -7,8 +7,8 @@ neighbour window, voxel merge, dynamic layer extraction, plus the final merge in
     python -m gen_server.benchmarks.build_bench --device cpu [--frames 48] [--width 960] [--height 540]
 
 Measured 2026-11-24, 48 frames 960x540 (static 700 k points, dynamic 133 k):
-NVIDIA H100 (torch 2.11): 257 frames/s with torch.compile (default on CUDA), 149 eager; 1920x1080:
-147 frames/s. 2-core AMD EPYC shared with other jobs: 19-22 frames/s eager, 28-30 compiled (the default
+NVIDIA H100 (torch 2.11): 271 frames/s with torch.compile (default on CUDA), ~150 eager; 1920x1080:
+169 frames/s; peak GPU memory 0.6 GiB. 2-core AMD EPYC shared with other jobs: 19-22 frames/s eager, 28-30 compiled (the default
 at this size when a C++ compiler is present).
 """
 
