@@ -18,6 +18,15 @@ def select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
     return bits.view(torch.float32)
 
 
+def _sum2x2(x: torch.Tensor) -> torch.Tensor:
+    """Sums of the 2x2 blocks of (…, 2h, 2w), added in row-major order: the same float operations as
+    ``avg_pool2d(x, 2) * 4`` (a power-of-two scale is exact), without the pooling kernel's overhead."""
+    total = x[..., 0::2, 0::2] + x[..., 0::2, 1::2]
+    total += x[..., 1::2, 0::2]
+    total += x[..., 1::2, 1::2]
+    return total
+
+
 def _push(values: torch.Tensor, weight: torch.Tensor, premultiplied: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One level down: 2x2 weighted mean; odd sizes are padded with zero weight. ``premultiplied``:
     ``values`` already equal ``values * weight`` (0/1 weights with zeros where the weight is 0)."""
@@ -25,8 +34,8 @@ def _push(values: torch.Tensor, weight: torch.Tensor, premultiplied: bool = Fals
     pad = (0, w % 2, 0, h % 2)
     if pad[1] or pad[3]:
         values, weight = F.pad(values, pad), F.pad(weight, pad)
-    wsum = F.avg_pool2d(weight, 2) * 4.0
-    vsum = F.avg_pool2d(values if premultiplied else values * weight, 2) * 4.0
+    wsum = _sum2x2(weight)
+    vsum = _sum2x2(values if premultiplied else values * weight)
     coarse = vsum / wsum.clamp(min=1e-12)
     return coarse, wsum.clamp(max=1.0)
 
@@ -35,7 +44,7 @@ def push_pull(values: torch.Tensor, valid: torch.Tensor, zero_invalid: bool = Fa
     """Fill pixels where ``valid`` is False. values (B, C, H, W) float, valid (B, H, W) bool -> (B, C, H, W).
 
     Valid pixels are returned unchanged; a view with no valid pixel at all stays as it is.
-    ``zero_invalid``: the caller guarantees ``values`` is 0 wherever ``valid`` is False (saves a pass).
+    ``zero_invalid``: the caller guarantees ``values`` is +0.0 wherever ``valid`` is False (saves passes).
     """
     if values.ndim != 4 or valid.shape != (values.shape[0],) + values.shape[2:]:
         raise ValueError(f"push_pull: expected values (B,C,H,W) and valid (B,H,W), got {tuple(values.shape)} {tuple(valid.shape)}")
@@ -52,6 +61,13 @@ def push_pull(values: torch.Tensor, valid: torch.Tensor, zero_invalid: bool = Fa
         if up.shape[-2:] != vals.shape[-2:]:  # 1-pixel-wide coarse level: nearest pad
             up = F.interpolate(filled, size=vals.shape[-2:], mode="nearest")
         if i == 0:  # full resolution: 0/1 weights, so the blend is a select (and valid pixels stay exact)
-            return select(valid[:, None], values, up) if values.dtype == torch.float32 else torch.where(valid[:, None], values, up)
+            if values.dtype != torch.float32:
+                return torch.where(valid[:, None], values, up)
+            if zero_invalid:  # values are +0.0 (all bits 0) in holes: OR them into up, which is 0 elsewhere
+                bits = up.view(torch.int32)
+                bits &= valid[:, None].to(torch.int32).sub_(1)  # all ones in holes
+                bits |= values.view(torch.int32)
+                return up
+            return select(valid[:, None], values, up)
         filled = w * vals + (1.0 - w) * up
     return values.clone()  # 1x1 image: nothing to pull from
