@@ -30,10 +30,15 @@ def demo_run(tmp_path_factory):
 
 
 def _phase_rate(records, start, end, duration):
-    """Mean d(tau)/dt over [start, end) seconds of the tour, unwrapping the clip's loop."""
+    """Mean d(tau)/dt over frames rendered in [start, end) seconds of the tour, unwrapping the clip's loop.
+
+    A frame's tau is fixed when the server renders it, so time is the server's render timestamp (same host,
+    same monotonic clock as the client's records); each distinct frame counts once.
+    """
     t0 = records[0]["t"]
-    pts = [(r["t"] - t0, r["tau"]) for r in records if "tau" in r and start <= r["t"] - t0 < end]
-    assert len(pts) >= 10, f"too few frames between {start} and {end} s"
+    frames = {r["seq"]: (r["render_t"] - t0, r["tau"]) for r in records if "render_t" in r}
+    pts = sorted(p for p in frames.values() if start <= p[0] < end)
+    assert len(pts) >= 8, f"too few frames rendered between {start} and {end} s: {len(pts)}"
     t = np.array([p[0] for p in pts])
     tau = np.array([p[1] for p in pts])
     d = np.diff(tau)
