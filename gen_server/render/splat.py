@@ -201,7 +201,9 @@ def _splat_by_shape(zbuf: torch.Tensor, shape_class: torch.Tensor, x0, y0, z, gi
     sync of the layer.
     """
     m = x0.shape[1]
-    order = torch.argsort(shape_class)
+    # Stable: within a shape the points stay in (Morton) order, so the gathers below and the z-buffer
+    # writes walk memory coherently.
+    order = torch.argsort(shape_class, stable=True)
     counts = torch.bincount(shape_class, minlength=64 * 64).tolist()
     kept = order[counts[0]:]
     if kept.numel() == 0:
@@ -210,17 +212,18 @@ def _splat_by_shape(zbuf: torch.Tensor, shape_class: torch.Tensor, x0, y0, z, gi
     base = b_idx * (height * width) + y0.view(-1).index_select(0, kept).long() * width + x0.view(-1).index_select(0, kept).long()
     zbits = z.reshape(-1).index_select(0, kept).view(torch.int32).long()
     key = (zbits << 32) | gid.index_select(0, kept - b_idx * m)
-    groups = [(c & 63, c >> 6, n) for c, n in enumerate(counts) if n and c]
-    total = sum(nx * ny * n for nx, ny, n in groups)
-    pix = torch.empty(total, dtype=torch.int64, device=zbuf.device)
-    keys = torch.empty(total, dtype=torch.int64, device=zbuf.device)
-    p = f = 0
-    for nx, ny, n in groups:
-        a = nx * ny
-        torch.add(base[p:p + n, None], _footprint_offsets(width, nx, ny, zbuf.device)[None, :], out=pix[f:f + n * a].view(n, a))
-        keys[f:f + n * a].view(n, a).copy_(key[p:p + n, None].expand(n, a))
-        p, f = p + n, f + n * a
-    zbuf.scatter_reduce_(0, pix, keys, reduce="amin")
+    p = 0
+    for c in range(1, len(counts)):
+        n = counts[c]
+        if not n:
+            continue
+        nx, ny = c & 63, c >> 6
+        if nx * ny == 1:  # single-pixel footprints (most points of dense worlds) need no expansion
+            zbuf.scatter_reduce_(0, base[p:p + n], key[p:p + n], reduce="amin")
+        else:
+            pix = (base[p:p + n, None] + _footprint_offsets(width, nx, ny, zbuf.device)[None, :]).view(-1)
+            zbuf.scatter_reduce_(0, pix, key[p:p + n, None].expand(n, nx * ny).reshape(-1), reduce="amin")
+        p += n
 
 
 def _splat_flat(zbuf: torch.Tensor, keep, x0, y0, nx, ny, z, gid, width: int, height: int) -> None:
