@@ -160,18 +160,24 @@ def splat_into(
         return
     u, v, z = project(xyz, proj)  # (B, M)
     gid = torch.arange(start, start + xyz.shape[1], device=xyz.device) if ids is None else ids
-    # Footprint maths densely over (B, M) (M is already frustum-culled by chunks).
+    # Footprint maths densely over (B, M) (M is already frustum-culled by chunks), in place where possible.
     radius = points.radii_at(gid)[None, :] * config.radius_scale / z
-    rx = (radius * intrinsics[:, 0, 0, None]).clamp(0.5, config.max_half_px)
-    ry = (radius * intrinsics[:, 1, 1, None]).clamp(0.5, config.max_half_px)
-    x0 = torch.ceil(u - rx).clamp(min=0)
-    y0 = torch.ceil(v - ry).clamp(min=0)
-    nx = torch.floor(u + rx).clamp(max=width - 1) - x0 + 1  # footprint width/height in pixels, <= 63
-    ny = torch.floor(v + ry).clamp(max=height - 1) - y0 + 1
+    rx = (radius * intrinsics[:, 0, 0, None]).clamp_(0.5, config.max_half_px)
+    square = zbuf.device.type == "cpu" and torch.equal(intrinsics[:, 0, 0], intrinsics[:, 1, 1])  # fx == fy: ry is rx
+    ry = rx if square else (radius * intrinsics[:, 1, 1, None]).clamp_(0.5, config.max_half_px)
+    x0 = (u - rx).ceil_().clamp_(min=0)
+    y0 = (v - ry).ceil_().clamp_(min=0)
+    nx = (u + rx).floor_().clamp_(max=width - 1).sub_(x0).add_(1)  # footprint width/height in pixels, <= 63
+    ny = (v + ry).floor_().clamp_(max=height - 1).sub_(y0).add_(1)
     # NaN points and points behind the near plane fail these comparisons and never land (class 0).
-    keep = (z > config.near) & (nx >= 1) & (ny >= 1)
+    keep = z > config.near
+    keep &= nx >= 1
+    keep &= ny >= 1
     if config.use_groups(zbuf.device):
-        shape_class = torch.where(keep, ny * 64 + nx, torch.zeros_like(nx)).view(-1).to(torch.int16)
+        # Non-landing points may hold NaN/huge values whose int16 conversion is arbitrary: the AND with
+        # the landing mask zeroes them; landing points hold exact small integers (65 .. 4095).
+        shape_class = ny.mul_(64).add_(nx).to(torch.int16).view(-1)
+        shape_class &= keep.view(-1).to(torch.int16).neg_()
         _splat_by_shape(zbuf, shape_class, x0, y0, z, gid, width, height)
     else:
         _splat_flat(zbuf, keep, x0, y0, nx, ny, z, gid, width, height)
@@ -194,7 +200,7 @@ _OFFSETS: dict = {}
 
 def _splat_by_shape(zbuf: torch.Tensor, shape_class: torch.Tensor, x0, y0, z, gid, width: int, height: int) -> None:
     """Expand every landing point (B*M flattened, ``shape_class`` = ny*64 + nx, 0 = does not land) to its
-    footprint pixels and depth-test them into ``zbuf`` with one scatter-amin.
+    footprint pixels and depth-test them into ``zbuf`` (one scatter-amin per footprint shape).
 
     Points are grouped by footprint shape (one sort), so each group expands with one broadcast add of a
     precomputed offset table instead of per-fragment index arithmetic; the group sizes are the one host
@@ -208,10 +214,15 @@ def _splat_by_shape(zbuf: torch.Tensor, shape_class: torch.Tensor, x0, y0, z, gi
     kept = order[counts[0]:]
     if kept.numel() == 0:
         return
-    b_idx = torch.div(kept, m, rounding_mode="floor")
-    base = b_idx * (height * width) + y0.view(-1).index_select(0, kept).long() * width + x0.view(-1).index_select(0, kept).long()
-    zbits = z.reshape(-1).index_select(0, kept).view(torch.int32).long()
-    key = (zbits << 32) | gid.index_select(0, kept - b_idx * m)
+    batch = x0.shape[0]
+    if batch * height * width <= 2**24:  # pixel indices are exact in float32: cheaper dense maths, one gather
+        first = (y0 * width).add_(x0).add_(torch.arange(batch, device=x0.device, dtype=x0.dtype)[:, None] * (height * width))
+        base = first.view(-1).index_select(0, kept).long()
+    else:
+        b_idx = torch.div(kept, m, rounding_mode="floor")
+        base = b_idx * (height * width) + y0.view(-1).index_select(0, kept).long() * width + x0.view(-1).index_select(0, kept).long()
+    key = z.reshape(-1).index_select(0, kept).view(torch.int32).long().bitwise_left_shift_(32)
+    key |= gid.repeat(batch).index_select(0, kept)
     p = 0
     for c in range(1, len(counts)):
         n = counts[c]
