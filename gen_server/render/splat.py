@@ -154,7 +154,10 @@ def splat_into(
     else:  # whole chunks (those that survived frustum culling), gathered as contiguous blocks
         start = 0
         chunks = points.xyz.shape[1] // chunk_size
-        xyz = points.xyz[:, : chunks * chunk_size].view(3, chunks, chunk_size).index_select(1, sel).view(3, -1)
+        # Row by row: each coordinate row's chunks are contiguous blocks (block copies, no strided gather).
+        xyz = torch.empty((3, len(sel) * chunk_size), dtype=points.xyz.dtype, device=points.xyz.device)
+        for c in range(3):
+            torch.index_select(points.xyz[c, : chunks * chunk_size].view(chunks, chunk_size), 0, sel, out=xyz[c].view(len(sel), chunk_size))
         ids = (sel[:, None] * chunk_size + torch.arange(chunk_size, device=sel.device)).view(-1)
     if xyz.shape[1] == 0:
         return
