@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--expansion", choices=("auto", "groups", "flat"), default="auto", help="footprint expansion strategy (SplatConfig.expansion)")
+    p.add_argument("--expansion", choices=("auto", "groups", "flat", "triton"), default="auto", help="footprint expansion strategy (SplatConfig.expansion)")
     p.add_argument("--profile", action="store_true", help="also print a torch profiler table of 5 renders")
     args = p.parse_args(argv)
     if args.threads:

@@ -37,7 +37,8 @@ class SplatConfig:
     # "groups" sorts landing points by footprint shape and expands each shape with one broadcast add of
     # an offset table (fewest memory passes, one host sync + a few ops per shape: measured fastest on CPU);
     # "flat" expands all points at once with per-fragment index arithmetic (fixed ~20 kernels per layer,
-    # the path the H100 numbers were measured with); "auto": groups on CPU, flat elsewhere.
+    # the path the H100 numbers were measured with); "auto": groups on CPU, flat elsewhere. "triton":
+    # EXPERIMENTAL, never run on hardware yet (see triton_splat.py), CUDA only, other devices use "auto".
     expansion: str = "auto"
 
     def __post_init__(self) -> None:
@@ -45,11 +46,11 @@ class SplatConfig:
             raise ValueError(f"SplatConfig.max_half_px: must be in [0.5, 31], got {self.max_half_px}")
         if not (self.radius_scale > 0 and self.near > 0):
             raise ValueError("SplatConfig: radius_scale and near must be positive")
-        if self.expansion not in ("auto", "groups", "flat"):
-            raise ValueError(f"SplatConfig.expansion: must be auto, groups or flat, got {self.expansion!r}")
+        if self.expansion not in ("auto", "groups", "flat", "triton"):
+            raise ValueError(f"SplatConfig.expansion: must be auto, groups, flat or triton, got {self.expansion!r}")
 
     def use_groups(self, device: torch.device) -> bool:
-        return self.expansion == "groups" or (self.expansion == "auto" and device.type == "cpu")
+        return self.expansion == "groups" or (self.expansion in ("auto", "triton") and device.type == "cpu")
 
 
 @dataclass
@@ -182,6 +183,10 @@ def splat_into(
         shape_class = ny.mul_(64).add_(nx).to(torch.int16).view(-1)
         shape_class &= keep.view(-1).to(torch.int16).neg_()
         _splat_by_shape(zbuf, shape_class, x0, y0, z, gid, width, height)
+    elif config.expansion == "triton" and zbuf.device.type == "cuda":
+        from gen_server.render.triton_splat import splat_triton  # noqa: PLC0415 - imports triton: CUDA only
+
+        splat_triton(zbuf, keep, x0, y0, nx, ny, z, gid, width, height)
     else:
         _splat_flat(zbuf, keep, x0, y0, nx, ny, z, gid, width, height)
 
