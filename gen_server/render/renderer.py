@@ -113,8 +113,9 @@ class Renderer:
             return slice(0, self._static_count)
         return torch.from_numpy(chunks).to(self.device)
 
-    def _zbuffer(self, layer_slices: list, proj: torch.Tensor, k: torch.Tensor, width: int, height: int, base: torch.Tensor | None = None) -> torch.Tensor:
-        zbuf = base.clone() if base is not None else torch.full((proj.shape[0] * height * width,), EMPTY_KEY, dtype=torch.int64, device=self.device)
+    def _zbuffer(self, layer_slices: list, proj: torch.Tensor, k: torch.Tensor, width: int, height: int, base: torch.Tensor | None = None, consume_base: bool = False) -> torch.Tensor:
+        """Splat layers over ``base`` (a copy of it, or ``base`` itself when ``consume_base``) or an empty z-buffer."""
+        zbuf = (base if consume_base else base.clone()) if base is not None else torch.full((proj.shape[0] * height * width,), EMPTY_KEY, dtype=torch.int64, device=self.device)
         for sl in layer_slices:
             splat_into(zbuf, self.points, sl, proj, k, width, height, self.config.splat, self.chunks.size)
         return zbuf
@@ -143,7 +144,7 @@ class Renderer:
         if b != a and w > 0.0:
             zstatic = self._zbuffer([static], proj, k, width, height)
             planes_a, valid_a = resolve_planes(self._zbuffer([self._dynamic_slice(a)], proj, k, width, height, zstatic), self.points, batch, height, width)
-            planes_b, valid_b = resolve_planes(self._zbuffer([self._dynamic_slice(b)], proj, k, width, height, zstatic), self.points, batch, height, width)
+            planes_b, valid_b = resolve_planes(self._zbuffer([self._dynamic_slice(b)], proj, k, width, height, zstatic, consume_base=True), self.points, batch, height, width)
             planes, valid = _cross_fade(planes_a, valid_a, planes_b, valid_b, w)
         else:
             planes, valid = resolve_planes(self._zbuffer([static, self._dynamic_slice(a)], proj, k, width, height), self.points, batch, height, width)
