@@ -11,8 +11,8 @@ Measured 2026-11-24 (2 M static + 300 k/frame dynamic, 4 frames, 16.0 B/point, 1
 one H100 80GB (torch 2.11+cu130, before the CPU work below; CUDA still uses expansion "flat"): 120 pairs/s
 (8.3 ms) at 2x1440x1600; 88 pairs/s at 2x512x512 (host-bound); 4 M static: 73 pairs/s at 2x1440x1600.
 2-core AMD EPYC CPU (torch 2.13, shared machine, medians of runs): shape-grouped expansion + bit-op
-resolve/fill: 2 M static: 6.8-8.2 -> 17.1-17.4 pairs/s at 2x512x512; 300 k static + 30 k dynamic:
-14-21 -> 40-50 pairs/s (identical images). Setting MALLOC_MMAP_THRESHOLD_=2000000000
+resolve/fill, at 2x512x512: 2 M static: 6.8-8.2 -> 13-18 (typically 17) pairs/s; 300 k static + 30 k
+dynamic: median of 3 runs 18.1 -> 51.2 pairs/s (bit-identical images). Setting MALLOC_MMAP_THRESHOLD_=2000000000
 MALLOC_TRIM_THRESHOLD_=4000000000 in the environment gave a further ~15% on CPU (fewer page faults on the
 large per-frame temporaries).
 """
