@@ -19,7 +19,7 @@ SUITES = ("build", "render", "encode", "serve", "client")
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="timewalk bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("suites", nargs="*", choices=[*SUITES, "all"], default=["all"], metavar="SUITE",
+    p.add_argument("suites", nargs="*", choices=[*SUITES, "all"], default=None, metavar="SUITE",
                    help=f"any of {', '.join(SUITES)} (default: all)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--quick", action="store_true", help="small sizes and short runs (a smoke run)")
@@ -163,7 +163,7 @@ def _fmt(v) -> str:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    suites = SUITES if "all" in args.suites else tuple(dict.fromkeys(args.suites))
+    suites = SUITES if not args.suites or "all" in args.suites else tuple(dict.fromkeys(args.suites))
     device = _device(args.device)
     results: dict[str, list[dict]] = {}
     for suite in suites:
