@@ -8,7 +8,7 @@ spacing, plus a moving dynamic blob per frame; each iteration renders both eyes 
 around the room at a random fractional tau (so two dynamic frames are cross-faded) with hole filling.
 
 Measured 2026-11-24 (2 M static + 300 k/frame dynamic, 4 frames, 16.0 B/point, 100 deg FOV):
-one H100 80GB (torch 2.11+cu130, before the CPU work below; CUDA still uses expansion "flat"): 120 pairs/s
+one H100 80GB (torch 2.11+cu130, before the CPU work below; CUDA then used expansion "flat"; "auto" now picks the Triton kernel there, 133 pairs/s on 2026-11-24): 120 pairs/s
 (8.3 ms) at 2x1440x1600; 88 pairs/s at 2x512x512 (host-bound); 4 M static: 73 pairs/s at 2x1440x1600.
 2-core AMD EPYC CPU (torch 2.13, shared machine, medians of runs): shape-grouped expansion + bit-op
 resolve/fill, at 2x512x512: 2 M static: 6.8-8.2 -> 13-18 (typically 17) pairs/s; 300 k static + 30 k

@@ -12,6 +12,8 @@ the winner's attributes.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import sys
@@ -36,9 +38,10 @@ class SplatConfig:
     # How footprints become pixels (same z-buffer either way: amin does not depend on fragment order):
     # "groups" sorts landing points by footprint shape and expands each shape with one broadcast add of
     # an offset table (fewest memory passes, one host sync + a few ops per shape: measured fastest on CPU);
-    # "flat" expands all points at once with per-fragment index arithmetic (fixed ~20 kernels per layer,
-    # the path the H100 numbers were measured with); "auto": groups on CPU, flat elsewhere. "triton":
-    # EXPERIMENTAL, never run on hardware yet (see triton_splat.py), CUDA only, other devices use "auto".
+    # "flat" expands all points at once with per-fragment index arithmetic (fixed ~20 kernels per layer);
+    # "triton" (CUDA only) does expansion + atomic-min in one kernel with no host sync: equal to "flat"
+    # bit for bit on an H100 (tests/test_render_cuda.py) and faster there (133 vs 113 stereo pairs/s at
+    # 2x1440x1600, 2026-11-24). "auto": groups on CPU, triton on CUDA when triton imports, else flat.
     expansion: str = "auto"
 
     def __post_init__(self) -> None:
@@ -183,12 +186,21 @@ def splat_into(
         shape_class = ny.mul_(64).add_(nx).to(torch.int16).view(-1)
         shape_class &= keep.view(-1).to(torch.int16).neg_()
         _splat_by_shape(zbuf, shape_class, x0, y0, z, gid, width, height)
-    elif config.expansion == "triton" and zbuf.device.type == "cuda":
+    elif config.expansion in ("auto", "triton") and zbuf.device.type == "cuda" and _triton_available():
         from gen_server.render.triton_splat import splat_triton  # noqa: PLC0415 - imports triton: CUDA only
 
         splat_triton(zbuf, keep, x0, y0, nx, ny, z, gid, width, height)
     else:
         _splat_flat(zbuf, keep, x0, y0, nx, ny, z, gid, width, height)
+
+
+@functools.cache
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401, PLC0415 - probe only
+    except ImportError:
+        return False
+    return True
 
 
 def _footprint_offsets(width: int, nx: int, ny: int, device: torch.device) -> torch.Tensor:
