@@ -14,12 +14,14 @@ import os
 import time
 from pathlib import Path
 
+from gen_server.errors import InputError
+
 SUITES = ("build", "render", "encode", "serve", "client")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="timewalk bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("suites", nargs="*", choices=[*SUITES, "all"], default=None, metavar="SUITE",
+    p.add_argument("suites", nargs="*", metavar="SUITE",
                    help=f"any of {', '.join(SUITES)} (default: all)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--quick", action="store_true", help="small sizes and short runs (a smoke run)")
@@ -163,6 +165,9 @@ def _fmt(v) -> str:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    unknown = [s for s in args.suites if s not in (*SUITES, "all")]
+    if unknown:
+        raise InputError(f"unknown benchmark suite {unknown[0]!r} (choose from {', '.join(SUITES)}, all)")
     suites = SUITES if not args.suites or "all" in args.suites else tuple(dict.fromkeys(args.suites))
     device = _device(args.device)
     results: dict[str, list[dict]] = {}
