@@ -46,7 +46,12 @@ def write_contact_sheet(video: Path, records: list[dict], out: Path, label: Call
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
     if not frames:
         raise ValueError(f"{video}: no frames to put on a contact sheet")
-    picks = pick_indices(len(frames), stills)
+    # Stills come from frames that show the world (a record with a tau), timed by the records' wall clock:
+    # the video's nominal rate is not the tick rate a loaded machine achieved.
+    shown = [i for i in range(len(frames)) if i < len(records) and records[i].get("tau") is not None]
+    candidates = shown or list(range(len(frames)))
+    picks = [candidates[i] for i in pick_indices(len(candidates), stills)]
+    t0 = records[0].get("t") if records else None
     h, w = frames[0].shape[:2]
     th = int(round(h * thumb_width / w))
     label_h = 22
@@ -58,7 +63,8 @@ def write_contact_sheet(video: Path, records: list[dict], out: Path, label: Call
         x0, y0 = c * thumb_width, r * (th + label_h)
         sheet.paste(Image.fromarray(frames[idx]).resize((thumb_width, th), Image.BILINEAR), (x0, y0 + label_h))
         record = records[idx] if idx < len(records) else None
-        text = _frame_label(idx, idx / fps, record, label(idx / fps) if label else None)
+        seconds = record["t"] - t0 if record and t0 is not None and "t" in record else idx / fps
+        text = _frame_label(idx, seconds, record, label(seconds) if label else None)
         draw.text((x0 + 6, y0 + 5), text, fill=(235, 235, 235))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
