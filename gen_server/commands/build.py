@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-source-video", action="store_true", help="do not store the resampled colour as source.mp4")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--text-encoder", type=Path, help="umT5 encoder folder: store the prompt embedding the "
+                   "neural generator cross-attends to (prompt_embedding.safetensors)")
+    p.add_argument("--prompt", default="", help="with --text-encoder: a caption of the clip (default: empty)")
     return p
 
 
@@ -38,13 +41,25 @@ def main(argv: list[str]) -> int:
         raise InputError(f"--fps {args.fps}: must be positive")
     if args.output.exists() and not (args.output / "world.json").is_file():
         raise InputError(f"{args.output}: exists and is not a world directory; refusing to replace it")
+    if args.text_encoder is not None and not args.text_encoder.is_dir():
+        raise InputError(f"{args.text_encoder}: text encoder folder not found (--text-encoder)")
     summary = build_world(args.input, args.output, depth_model=args.depth_model, fps=args.fps,
                           max_side=args.max_side, device=args.device, depth_scale=args.depth_scale,
                           poses=args.poses, progress=not args.quiet,
                           write_source_video=not args.no_source_video,
                           compile={"auto": None, "on": True, "off": False}[args.compile])
+    if args.text_encoder is not None:
+        _store_prompt_embedding(args.output, args.text_encoder, args.prompt, args.device)
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
     else:
         print("\n".join(summary.lines()))
     return 0
+
+
+def _store_prompt_embedding(world_dir: Path, encoder_dir: Path, prompt: str, device: str | None) -> None:
+    """umT5 embedding of ``prompt`` -> WORLD_DIR/prompt_embedding.safetensors (atomic write)."""
+    from gen_server.generators.inspatio.text_embed import PROMPT_FILE, encode_prompt, save_prompt_embedding
+
+    embedding = encode_prompt(prompt, encoder_dir, device or "cpu")
+    save_prompt_embedding(world_dir / PROMPT_FILE, embedding, prompt)
