@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
@@ -18,6 +17,7 @@ import numpy as np
 
 from calibration.auto_align import AutoAlignConfig, auto_calibration
 from calibration.record import Calibration
+from gen_server.atomic_write import write_json_atomic
 from gen_server.errors import InputError
 
 FILE_NAME = "calibration.json"
@@ -62,17 +62,7 @@ def save_calibration(world_dir: str | os.PathLike, current: Calibration, history
     history = [_stamp(h) for h in (history or [])][-MAX_HISTORY:]
     doc = {"format": FORMAT, "version": VERSION, "current": _stamp(current).to_dict(),
            "history": [h.to_dict() for h in history]}
-    fd, tmp = tempfile.mkstemp(prefix=f".{FILE_NAME}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json_atomic(path, doc)
 
 
 def load_calibration(world_dir: str | os.PathLike) -> CalibrationFile | None:

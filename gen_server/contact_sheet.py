@@ -4,12 +4,13 @@ and head pose (from the headless viewer's stats), as one PNG.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from gen_server.atomic_write import atomic_path
 
 
 def _frame_label(index: int, seconds: float, record: dict | None, label: str | None) -> str:
@@ -66,8 +67,6 @@ def write_contact_sheet(video: Path, records: list[dict], out: Path, label: Call
         seconds = record["t"] - t0 if record and t0 is not None and "t" in record else idx / fps
         text = _frame_label(idx, seconds, record, label(seconds) if label else None)
         draw.text((x0 + 6, y0 + 5), text, fill=(235, 235, 235))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
-    sheet.save(tmp)
-    os.replace(tmp, out)
+    with atomic_path(out, suffix=".png") as tmp:
+        sheet.save(tmp)
     return out

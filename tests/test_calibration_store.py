@@ -70,7 +70,9 @@ def test_failed_write_keeps_old_file(world, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store.json, "dump", boom)
+    import gen_server.atomic_write
+
+    monkeypatch.setattr(gen_server.atomic_write.os, "fsync", boom)  # the temp file is written, then the disk fails
     with pytest.raises(OSError):
         save_calibration(tmp_path, set_scale(auto, 3.0))
     assert (tmp_path / "calibration.json").read_bytes() == before

@@ -9,11 +9,10 @@ Speed is measured here, never by timed tests. `--device cuda` on the GPU machine
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 
+from gen_server.atomic_write import write_json_atomic
 from gen_server.errors import InputError
 
 SUITES = ("build", "render", "encode", "serve", "client")
@@ -176,9 +175,6 @@ def main(argv: list[str]) -> int:
         results[suite] = RUNNERS[suite](device, args.quick)
     _print_table(results)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(f".{args.json.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "device": device, "results": results}, indent=2))
-        os.replace(tmp, args.json)
+        write_json_atomic(args.json, {"date": time.strftime("%Y-%m-%d"), "device": device, "results": results})
         print(f"bench: wrote {args.json}")
     return 0

@@ -7,11 +7,11 @@ Written to a temporary sibling and renamed, so a failure leaves no partial file.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from gen_server.atomic_write import atomic_path
 
 PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
 
@@ -39,16 +39,9 @@ def write_ply(path: Path, positions: np.ndarray, colors: np.ndarray) -> None:
         *(f"property {'float' if name in 'xyz' else 'uchar'} {name}" for name in PLY_DTYPE.names),
         "end_header", "",
     ]).encode("ascii")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.write(data.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(header)
+        f.write(data.tobytes())
 
 
 def main(argv: list[str]) -> int:
