@@ -1,8 +1,11 @@
 """The streaming server: a ZeroMQ ROUTER that renders each client's newest pose and sends stereo frames.
 
-One thread, one loop: drain every waiting message (poses only *replace* the client's pending pose, so
+One loop thread: drain every waiting message (poses only *replace* the client's pending pose, so
 a burst collapses to its newest), then render + encode + send for each client that has a new pose and
-is under its ``fps`` budget. Sends are non-blocking with a tiny high-water mark, so frames a slow
+is under its ``fps`` budget. With ``pipeline_encode`` (accelerator renders) one :class:`EncodeWorker`
+thread encodes batch N while the loop renders batch N+1 (at most one batch waiting, one encoding:
+memory stays bounded, and the loop keeps collecting newest poses meanwhile); only the loop thread
+touches the ROUTER socket. Sends are non-blocking with a tiny high-water mark, so frames a slow
 client cannot take are dropped (and counted), never queued. Bad messages get an ``error`` reply; the
 server never dies of one. Clients that go quiet are freed after ``client_timeout_s``.
 
@@ -18,6 +21,7 @@ import ipaddress
 import itertools
 import json
 import math
+import queue
 import sys
 import threading
 import time
@@ -58,6 +62,11 @@ class ServerConfig:
     status_line: bool | None = None  # None: only on a TTY
     mask_invalid_depth: bool = False  # send 0 (no surface) where the renderer only hole-filled
     max_batch_clients: int = 4  # clients whose eyes are rendered in one generator call
+    # Encode batch N on a worker thread while batch N+1 renders (False: the serial path). Applied to
+    # accelerator renders only: a CPU render and the encoder share the cores, and on a 2-core machine
+    # overlapping them measured slower (torch's threads contend) - pipeline_encode_cpu forces it anyway.
+    pipeline_encode: bool = True
+    pipeline_encode_cpu: bool = False
 
 
 @dataclass
@@ -78,6 +87,7 @@ class ClientState:
     last_pose: P.PoseUpdate | None = None
     last_render: float = -math.inf
     frame_seq: itertools.count = field(default_factory=lambda: itertools.count(1))
+    h264_broken: bool = False  # a frame was dropped: send nothing until the encoder's next keyframe
     counters: collections.Counter = field(default_factory=collections.Counter)
 
 
@@ -154,6 +164,12 @@ def _recenter_from_head(head: P.Pose) -> np.ndarray:
     return out
 
 
+def _on_accelerator(array) -> bool:
+    """True for a torch tensor on a non-CPU device (numpy arrays and CPU tensors: False)."""
+    device = getattr(array, "device", None)
+    return getattr(device, "type", "cpu") != "cpu"
+
+
 class RollingStats:
     """Windowed counters for the status line and the JSON-lines stats file."""
 
@@ -173,6 +189,109 @@ class RollingStats:
 
         return {"fps": round(fps, 2), "render_ms_p50": p(self.render_ms, 50), "encode_ms_p50": p(self.encode_ms, 50),
                 "latency_ms_p50": p(self.latency_ms, 50), "latency_ms_p99": p(self.latency_ms, 99), **self.totals}
+
+
+@dataclass
+class RenderedBatch:
+    """One generator call's output on its way to the encoder: ``jobs`` are (client, pose, received_ns,
+    fovs, depth_scale); ``views`` hold every job's eyes in order."""
+
+    jobs: list
+    views: object
+    tau: float
+    state: object
+    t_render: int
+    t_rendered: int
+    force_keyframe: list = field(default_factory=list)  # h264 encoders to restart (set on the worker thread)
+
+
+@dataclass
+class EncodedUnit:
+    """One encoder call's outcome: ``members`` index ``RenderedBatch.jobs``; ``error`` or ``encoded``."""
+
+    members: list[int]
+    encoded: object
+    error: Exception | None
+    t_encode: int
+    t_encoded: int
+
+
+class EncodeWorker:
+    """One thread running ``encode_fn(batch) -> list[EncodedUnit]`` off the loop thread.
+
+    At most two batches are outstanding (one encoding, one waiting: ``can_submit``), so memory is
+    bounded and frames are never queued behind a slow encoder. Results come back on a queue; the
+    worker pings an inproc PAIR (``wake``) so the loop's poll returns as soon as one is ready. Loop
+    thread: ``submit``, ``collect``, ``close`` and the ``wake`` socket; worker thread: its own end."""
+
+    MAX_OUTSTANDING = 2
+
+    def __init__(self, ctx: zmq.Context, encode_fn):
+        self._encode_fn = encode_fn
+        self._inbox: queue.Queue = queue.Queue(maxsize=1)
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.outstanding = 0
+        address = f"inproc://encode-worker-{id(self)}"
+        self.wake = ctx.socket(zmq.PAIR)
+        self.wake.setsockopt(zmq.LINGER, 0)
+        self.wake.bind(address)
+        self._notify = ctx.socket(zmq.PAIR)
+        self._notify.setsockopt(zmq.LINGER, 0)
+        self._notify.connect(address)
+        self._thread = threading.Thread(target=self._run, name="stream-encode", daemon=True)
+        self._thread.start()
+
+    def can_submit(self) -> bool:
+        return self.outstanding < self.MAX_OUTSTANDING
+
+    def submit(self, batch: RenderedBatch) -> None:
+        assert self.can_submit()
+        self.outstanding += 1
+        self._inbox.put(batch)  # outstanding < 2: at most a short wait for the worker to take the one before
+
+    def collect(self) -> list[tuple[RenderedBatch, list[EncodedUnit]]]:
+        while True:  # clear the wake-ups; the queue is the source of truth
+            try:
+                self.wake.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        done = []
+        while True:
+            try:
+                done.append(self._outbox.get_nowait())
+            except queue.Empty:
+                break
+        self.outstanding -= len(done)
+        return done
+
+    def _run(self) -> None:
+        try:
+            while True:
+                batch = self._inbox.get()
+                if batch is None:
+                    return
+                try:
+                    units = self._encode_fn(batch)
+                except Exception as e:  # noqa: BLE001 - report to every client of the batch, keep the thread
+                    now = time.monotonic_ns()
+                    units = [EncodedUnit(list(range(len(batch.jobs))), None, e, now, now)]
+                self._outbox.put((batch, units))
+                try:
+                    self._notify.send(b"", zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # a wake-up is already waiting
+        finally:
+            self._notify.close(linger=0)
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Finish the batch in hand, stop the thread and join it; True when it ended in time."""
+        try:
+            self._inbox.put(None, timeout=timeout)  # at most one batch ahead of it: one encode's wait
+        except queue.Full:
+            pass
+        self._thread.join(timeout)
+        self.wake.close(linger=0)
+        return not self._thread.is_alive()
 
 
 class StreamServer:
@@ -201,6 +320,11 @@ class StreamServer:
         self._stats_file = open(cfg.stats_path, "a", encoding="utf-8") if cfg.stats_path else None
         self._status_line = sys.stderr.isatty() if cfg.status_line is None else cfg.status_line
         self._last_status = time.monotonic()
+        self._worker = EncodeWorker(self._ctx, self._encode_batch) if cfg.pipeline_encode else None
+        self._poller = zmq.Poller()
+        self._poller.register(self.socket, zmq.POLLIN)
+        if self._worker is not None:
+            self._poller.register(self._worker.wake, zmq.POLLIN)
 
     # ------------------------------------------------------------------ setup
     def _new_timeline(self) -> Timeline:
@@ -267,6 +391,8 @@ class StreamServer:
             self._shutdown()
 
     def _shutdown(self) -> None:
+        if self._worker is not None and not self._worker.close():
+            print("timewalk serve: warning: encoder thread did not finish within 10 s", file=sys.stderr)
         for identity in list(self.clients):
             self._send(identity, P.Bye("server shutting down"))
         self.socket.close(linger=0)
@@ -282,18 +408,27 @@ class StreamServer:
     # ------------------------------------------------------------------ loop
     def step(self) -> None:
         """One loop iteration: wait (bounded) for input, drain it, render what is due, housekeeping."""
-        if self.socket.poll(self._poll_timeout_ms(), zmq.POLLIN):
+        events = dict(self._poller.poll(self._poll_timeout_ms()))
+        if events.get(self.socket):
             self._drain()
+        self._deliver_encoded()
         now = time.monotonic()
         due = [c for c in sorted(self.clients.values(), key=lambda c: c.last_render)
                if c.pending is not None and now - c.last_render >= 1.0 / self.config.fps]
         if due:
             self._render_due(due)
+        if self._worker is not None and self._worker.outstanding:
+            # Wait for the encoder or new input, whichever comes first: a frame leaves as soon as it is
+            # encoded, and a pose arriving meanwhile renders (next step) while the encode finishes.
+            self._poller.poll(self._poll_timeout_ms(idle_s=1.0, encoder_busy_s=1.0))
+            self._deliver_encoded()
         self._expire(time.monotonic())
         self._report(time.monotonic())
 
-    def _poll_timeout_ms(self) -> int:
-        now, waits = time.monotonic(), [0.05]
+    def _poll_timeout_ms(self, idle_s: float = 0.05, encoder_busy_s: float = 0.05) -> int:
+        now, waits = time.monotonic(), [idle_s]
+        if self._worker is not None and not self._worker.can_submit():
+            return int(encoder_busy_s * 1000)  # no render until the encoder frees a slot (it wakes the poll)
         for c in self.clients.values():
             if c.pending is not None:
                 waits.append(c.last_render + 1.0 / self.config.fps - now)
@@ -422,6 +557,8 @@ class StreamServer:
         cap = max(1, self.config.max_batch_clients)
         for group in groups.values():
             for i in range(0, len(group), cap):
+                if self._worker is not None and not self._worker.can_submit():
+                    return  # the rest stay pending (newest pose still wins) until the encoder catches up
                 self._render_batch(group[i:i + cap])
 
     def _render_batch(self, clients: list[ClientState]) -> None:
@@ -455,42 +592,83 @@ class StreamServer:
             return
         t_rendered = time.monotonic_ns()
         self.stats.render_ms.append((t_rendered - t_render) / 1e6)
+        batch = RenderedBatch(jobs, views, tau, state, t_render, t_rendered)
+        for client, *_ in jobs:
+            if client.h264 is not None and client.h264_broken:
+                batch.force_keyframe.append(client.h264)
+        if self._worker is not None and (self._worker.outstanding or self.config.pipeline_encode_cpu
+                                         or _on_accelerator(views.color)):
+            self._worker.submit(batch)  # (a CPU batch behind an outstanding one too: frames keep their order)
+        else:
+            self._deliver(batch, self._encode_batch(batch))
+
+    def _encode_batch(self, batch: RenderedBatch) -> list[EncodedUnit]:
+        """Encode a rendered batch. Runs on the encoder thread when pipelined, so it reads only the
+        batch and the encoders (touched by no other thread), never the socket or the stats."""
+        jobs, views = batch.jobs, batch.views
+        for h264 in batch.force_keyframe:
+            h264.force_keyframe()
         # Stateless codecs: one encode for every such client's eyes (one nvJPEG batch, one depth pass);
         # h264 clients each feed their own streams.
         spans, offset = [], 0
         for job in jobs:
             spans.append(slice(offset, offset + len(job[3])))
             offset += len(job[3])
-        batch = [i for i, job in enumerate(jobs) if job[0].h264 is None]
-        units = [(batch, None)] if batch else []
+        stateless = [i for i, job in enumerate(jobs) if job[0].h264 is None]
+        units = [(stateless, None)] if stateless else []
         units += [([i], jobs[i][0].h264) for i, job in enumerate(jobs) if job[0].h264 is not None]
+        out = []
         for members, h264 in units:
             index = [v for i in members for v in range(spans[i].start, spans[i].stop)]
             scales = [jobs[i][4] for i in members for _ in range(spans[i].stop - spans[i].start)]
             t_encode = time.monotonic_ns()
             try:
-                encoded = self.encoder.encode(
+                encoded, error = self.encoder.encode(
                     views.color[index], views.depth[index],
-                    views.valid[index] if self.config.mask_invalid_depth else None, depth_scale=scales, h264=h264)
-            except Exception as e:  # noqa: BLE001
+                    views.valid[index] if self.config.mask_invalid_depth else None, depth_scale=scales, h264=h264), None
+            except Exception as e:  # noqa: BLE001 - reported to the clients by _deliver
+                encoded, error = None, e
+            out.append(EncodedUnit(members, encoded, error, t_encode, time.monotonic_ns()))
+        return out
+
+    def _deliver_encoded(self) -> None:
+        if self._worker is not None:
+            for batch, units in self._worker.collect():
+                self._deliver(batch, units)
+
+    def _deliver(self, batch: RenderedBatch, units: list[EncodedUnit]) -> None:
+        """Loop thread: stats and sends for an encoded batch."""
+        jobs = batch.jobs
+        for unit in units:
+            if unit.error is not None:
+                e = unit.error
                 self.stats.totals["encode_errors"] += 1
-                for i in members:
+                for i in unit.members:
                     self._send(jobs[i][0].identity, P.Error("server_error", f"encode failed: {type(e).__name__}: {e}",
                                                             about="pose", seq=jobs[i][1].seq))
                 continue
-            t_encoded = time.monotonic_ns()
-            self.stats.totals[f"encoded_{encoded.backend}"] += len(members)
-            self.stats.encode_ms.append((t_encoded - t_encode) / 1e6)
+            encoded = unit.encoded
+            self.stats.totals[f"encoded_{encoded.backend}"] += len(unit.members)
+            self.stats.encode_ms.append((unit.t_encoded - unit.t_encode) / 1e6)
             start = 0
-            for i in members:
+            for i in unit.members:
                 client, pose, received_ns, fovs, _ = jobs[i]
                 mine = encoded.select(slice(start, start + len(fovs)))
                 start += len(fovs)
-                self._send_frame(client, pose, received_ns, fovs, tau, state, mine,
-                                 {"pose_received_ns": received_ns, "render_start_ns": t_render,
-                                  "render_end_ns": t_rendered, "encode_start_ns": t_encode, "encode_end_ns": t_encoded})
+                if self.clients.get(client.identity) is not client:
+                    continue  # freed (bye, timeout) while its frame was encoding
+                self._send_frame(client, pose, received_ns, fovs, batch.tau, batch.state, mine,
+                                 {"pose_received_ns": received_ns, "render_start_ns": batch.t_render,
+                                  "render_end_ns": batch.t_rendered, "encode_start_ns": unit.t_encode,
+                                  "encode_end_ns": unit.t_encoded})
 
     def _send_frame(self, client, pose, received_ns, fovs, tau, state, encoded, timings) -> None:
+        if client.h264 is not None and client.h264_broken:
+            if not encoded.keyframe:  # encoded before the restart was asked for: undecodable for the client
+                client.counters["frames_dropped"] += 1
+                self.stats.totals["frames_dropped"] += 1
+                return
+            client.h264_broken = False
         timings["send_ns"] = time.monotonic_ns()
         frame = P.Frame(
             seq=next(client.frame_seq), pose_seq=pose.seq, tau=tau,
@@ -509,7 +687,7 @@ class StreamServer:
             client.counters["frames_dropped"] += 1
             self.stats.totals["frames_dropped"] += 1
             if client.h264 is not None:  # the client's decoder never saw this picture: restart the chain
-                client.h264.force_keyframe()
+                client.h264_broken = True  # the next encode (on the encoder's thread) forces a keyframe
 
     def _send(self, identity: bytes, msg: P.Message) -> bool:
         """Non-blocking send; False (and nothing queued) when the client's pipe is full or gone."""
