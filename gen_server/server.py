@@ -65,7 +65,9 @@ class ServerConfig:
     # Encode batch N on a worker thread while batch N+1 renders (False: the serial path). Applied to
     # accelerator renders only: a CPU render and the encoder share the cores, and on a 2-core machine
     # overlapping them measured slower (torch's threads contend) - pipeline_encode_cpu forces it anyway.
-    pipeline_encode: bool = True
+    # Off by default: on an H100 at 2x1440x1600 (2026-11-24, closed-loop clients whose CPU JPEG decode
+    # dominates) it gave 22.5 vs 23.7 fps for one client and 15.5 vs 19.0 fps each for four.
+    pipeline_encode: bool = False
     pipeline_encode_cpu: bool = False
 
 
