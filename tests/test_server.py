@@ -14,14 +14,14 @@ import msgpack
 import numpy as np
 import psutil
 import pytest
-import zmq
 
 from gen_server import protocol as P
 from gen_server.codec import depth_error_bound
 from gen_server.commands.keys import generate
 from gen_server.errors import InputError
 from gen_server.server import ServerConfig, StreamServer, is_loopback
-from test_server_helpers import FOV, WORLD_INFO, PosePainter, eyes_at, make_server, painted_color, painted_depth
+from test_server_helpers import (FOV, WORLD_INFO, PosePainter, eyes_at, make_server, painted_color, painted_depth,
+                                 raw_dealer, recv_msg)
 from xr_client.stream_client import StreamClient, StreamConfig, load_key_pair
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,18 +39,6 @@ def connect(address, config=SMALL, **kwargs) -> StreamClient:
     client = StreamClient(address, config, **kwargs).start()
     assert client.wait_connected(5.0), f"no welcome from {address}"
     return client
-
-
-def raw_dealer(address: str) -> zmq.Socket:
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(address)
-    return sock
-
-
-def recv_msg(sock: zmq.Socket, timeout_ms: int = 3000) -> P.Message:
-    assert sock.poll(timeout_ms), "no reply from the server"
-    return P.decode(sock.recv_multipart())
 
 
 def test_hello_welcome(server):

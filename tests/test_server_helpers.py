@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import zmq
 
+from gen_server import protocol as P
 from gen_server.cameras import Fov
 from gen_server.codec import CodecConfig
 from gen_server.generators.base import Views
@@ -51,3 +53,16 @@ def eyes_at(x: float, y: float = 1.6, z: float = 0.0, ipd: float = 0.064) -> tup
     """Head at (x, y, z) looking down -Z; eyes +/- ipd/2 along +X (stage space)."""
     head = Pose((x, y, z))
     return head, (Pose((x - ipd / 2, y, z)), Pose((x + ipd / 2, y, z)))
+
+
+def raw_dealer(address: str) -> zmq.Socket:
+    """A bare DEALER on ``address`` (no handshake): for sending hand-made or malformed messages."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(address)
+    return sock
+
+
+def recv_msg(sock: zmq.Socket, timeout_ms: int = 3000) -> P.Message:
+    assert sock.poll(timeout_ms), "no reply from the server"
+    return P.decode(sock.recv_multipart())

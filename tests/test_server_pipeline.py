@@ -13,25 +13,13 @@ import zmq
 
 from gen_server import protocol as P
 from gen_server.codec import depth_error_bound
-from test_server_helpers import FOV, eyes_at, make_server, painted_color, painted_depth
+from test_server_helpers import FOV, eyes_at, make_server, painted_color, painted_depth, raw_dealer, recv_msg
 from xr_client.frame_decode import decode_frame
-
-
-def dealer(address: str) -> zmq.Socket:
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(address)
-    return sock
-
-
-def recv(sock: zmq.Socket, timeout_ms: int = 3000) -> P.Message:
-    assert sock.poll(timeout_ms), "no reply from the server"
-    return P.decode(sock.recv_multipart())
 
 
 def hello(sock: zmq.Socket, size: int) -> None:
     sock.send_multipart(P.encode(P.Hello(size, size, (FOV, FOV))))
-    assert isinstance(recv(sock), P.Welcome)
+    assert isinstance(recv_msg(sock), P.Welcome)
 
 
 def x_of(seq: int) -> float:
@@ -43,7 +31,7 @@ def test_open_loop_frames_answer_newest_pose_with_right_poses_and_tau(pipeline):
     """Poses every ~1 ms: frames come back in pose order, each with exactly its pose's eyes, colours and
     the paused tau; after the burst the last frame answers the last pose; the worker is joined on stop."""
     server = make_server(fps=1000.0, pipeline_encode=pipeline, pipeline_encode_cpu=pipeline).start()
-    sock = dealer(server.address)
+    sock = raw_dealer(server.address)
     try:
         hello(sock, 160)
         sock.send_multipart(P.encode(P.Control("pause", seq=1)))
@@ -62,7 +50,7 @@ def test_open_loop_frames_answer_newest_pose_with_right_poses_and_tau(pipeline):
             time.sleep(0.001)
         deadline = time.monotonic() + 3.0
         while (not frames or frames[-1].pose_seq != sent) and time.monotonic() < deadline:
-            msg = recv(sock)
+            msg = recv_msg(sock)
             if isinstance(msg, P.Frame):
                 frames.append(msg)
         assert frames[-1].pose_seq == sent  # newest pose wins: the final pose is always answered
