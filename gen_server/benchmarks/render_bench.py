@@ -8,8 +8,9 @@ spacing, plus a moving dynamic blob per frame; each iteration renders both eyes 
 around the room at a random fractional tau (so two dynamic frames are cross-faded) with hole filling.
 
 Measured 2026-11-24 (2 M static + 300 k/frame dynamic, 4 frames, 16.0 B/point, 100 deg FOV):
-one H100 80GB (torch 2.11+cu130, before the CPU work below; CUDA then used expansion "flat"; "auto" now picks the Triton kernel there, 133 pairs/s on 2026-11-24): 120 pairs/s
-(8.3 ms) at 2x1440x1600; 88 pairs/s at 2x512x512 (host-bound); 4 M static: 73 pairs/s at 2x1440x1600.
+one H100 80GB (torch 2.11+cu130, triton 3.6): fused Triton path (``--backend triton``, the CUDA default)
+519 pairs/s (1.93 ms) at 2x1440x1600, 779 at 2x512x512, ~0.5 ms of GPU time per pair (the rest is
+kernel launches); the torch path before it: 120 pairs/s (flat expansion), 133 with a Triton expansion kernel.
 2-core AMD EPYC CPU (torch 2.13, shared machine, medians of runs): shape-grouped expansion + bit-op
 resolve/fill, at 2x512x512: 2 M static: 6.8-8.2 -> 13-18 (typically 17) pairs/s; 300 k static + 30 k
 dynamic: median of 3 runs 18.1 -> 51.2 pairs/s (bit-identical images). Setting MALLOC_MMAP_THRESHOLD_=2000000000
@@ -97,11 +98,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run(device: str, width: int, height: int, static_points: int, dynamic_points: int, iters: int, frames: int = 4, ipd: float = 0.064, warmup: int = 3, expansion: str = "auto") -> dict:
+def run(device: str, width: int, height: int, static_points: int, dynamic_points: int, iters: int, frames: int = 4, ipd: float = 0.064, warmup: int = 3, expansion: str = "auto", backend: str = "auto") -> dict:
     """Render ``iters`` stereo pairs (2 x width x height) at random fractional tau; returns timings.
-    ``expansion``: :attr:`SplatConfig.expansion` (footprint expansion strategy)."""
+    ``backend``: :attr:`RenderConfig.backend`; ``expansion``: :attr:`SplatConfig.expansion` (torch path)."""
     world = random_world(static_points, dynamic_points, frames)
-    renderer = Renderer(world, device, RenderConfig(splat=SplatConfig(expansion=expansion)))
+    renderer = Renderer(world, device, RenderConfig(splat=SplatConfig(expansion=expansion), backend=backend))
     dev = renderer.device
     fov = cameras.Fov.symmetric(math.radians(100), width / height)
     rng = np.random.default_rng(1)
@@ -130,6 +131,7 @@ def run(device: str, width: int, height: int, static_points: int, dynamic_points
         "dynamic_points_per_frame": dynamic_points,
         "dynamic_frames": frames,
         "bytes_per_point_gpu": renderer.points.bytes_per_point(),
+        "backend": renderer.backend,
         "expansion": expansion,
         "iters": iters,
         "ms_per_pair_median": float(np.median(times) * 1e3),
@@ -146,7 +148,7 @@ def _profile(args) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     world = random_world(args.static_points, args.dynamic_points, args.frames)
-    renderer = Renderer(world, args.device, RenderConfig(splat=SplatConfig(expansion=args.expansion)))
+    renderer = Renderer(world, args.device, RenderConfig(splat=SplatConfig(expansion=args.expansion), backend=args.backend))
     fov = cameras.Fov.symmetric(math.radians(100), args.width / args.height)
     heads = _head_poses(np.random.default_rng(2), 7)
     for h in heads[:2]:
@@ -171,17 +173,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--expansion", choices=("auto", "groups", "flat", "triton"), default="auto", help="footprint expansion strategy (SplatConfig.expansion)")
+    p.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto", help="render path (RenderConfig.backend)")
+    p.add_argument("--expansion", choices=("auto", "groups", "flat"), default="auto", help="torch path's footprint expansion (SplatConfig.expansion)")
     p.add_argument("--profile", action="store_true", help="also print a torch profiler table of 5 renders")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    r = run(args.device, args.width, args.height, args.static_points, args.dynamic_points, args.iters, args.frames, expansion=args.expansion)
+    r = run(args.device, args.width, args.height, args.static_points, args.dynamic_points, args.iters, args.frames, expansion=args.expansion, backend=args.backend)
     print(json.dumps(r, indent=1))
     if args.profile:
         _profile(args)
     print(f"render: {r['pairs_per_s']:.1f} stereo pairs/s ({r['ms_per_pair_median']:.2f} ms) at 2x{args.width}x{args.height}, "
-          f"{r['static_points']:,} static + {args.dynamic_points:,}/frame dynamic points, {r['bytes_per_point_gpu']:.0f} B/point on {r['device']} — {r['machine']}")
+          f"{r['static_points']:,} static + {args.dynamic_points:,}/frame dynamic points, {r['bytes_per_point_gpu']:.0f} B/point, {r['backend']} path on {r['device']} — {r['machine']}")
     return 0
 
 

@@ -16,7 +16,7 @@ import torch
 from gen_server import cameras
 from gen_server.render.chunks import ChunkBounds, morton_order
 from gen_server.render.holes import push_pull, select
-from gen_server.render.splat import EMPTY_KEY, PackedPoints, SplatConfig, pack_points, projection_matrices, resolve_planes, splat_into
+from gen_server.render.splat import EMPTY_KEY, PackedPoints, SplatConfig, pack_points, projection_matrices, resolve_planes, splat_into, triton_available
 from gen_server.world.state import PointLayer, WorldState
 
 
@@ -37,7 +37,15 @@ class RenderOutput:
 class RenderConfig:
     splat: SplatConfig = field(default_factory=SplatConfig)
     fill_holes: bool = True
-    cull_chunks: bool = True  # skip static chunks outside every view's frustum (same image either way)
+    cull_chunks: bool = True  # torch path: skip static chunks outside every view's frustum (same image either way)
+    # "torch": the portable path (splat / holes modules); "triton": the fused kernels of triton_render
+    # (CUDA; also runs on CPU tensors under TRITON_INTERPRET=1, which the tests use); "auto": triton on
+    # CUDA when triton imports, torch otherwise.
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"RenderConfig.backend: must be auto, torch or triton, got {self.backend!r}")
 
 
 def default_device() -> torch.device:
@@ -89,6 +97,10 @@ class Renderer:
         )
         self._static_count = len(static)
         self._dynamic_offsets = world.dynamic_offsets.astype(np.int64) + self._static_count
+        backend = self.config.backend
+        if backend == "triton" and not triton_available():
+            raise ValueError("RenderConfig.backend 'triton': triton is not importable here")
+        self.backend = "triton" if backend == "triton" or (backend == "auto" and self.device.type == "cuda" and triton_available()) else "torch"
 
     def stored_radii(self) -> np.ndarray:
         """World radii as the renderer stores them (8-bit quantised), static then dynamic, in the world's
@@ -101,7 +113,7 @@ class Renderer:
 
     # ------------------------------------------------------------------------------------------------
     def _dynamic_slice(self, frame: int) -> slice:
-        return slice(int(self._dynamic_offsets[frame]), int(self._dynamic_offsets[frame + 1]))
+        return slice(*self._dynamic_range(frame))
 
     def _static_selection(self, proj: np.ndarray, width: int, height: int) -> slice | torch.Tensor:
         """The static points that can land in these views: a slice of all, or the indices of the visible chunks."""
@@ -140,6 +152,9 @@ class Renderer:
         k = torch.from_numpy(ks).to(self.device, torch.float32)
 
         a, b, w = self.world.frame_at(float(tau))
+        if self.backend == "triton":
+            color, depth, valid = self._render_triton(proj64, ks, width, height, a, b, w)
+            return RenderOutput(color, depth, valid)
         static = self._static_selection(proj64, width, height)
         if b != a and w > 0.0:
             zstatic = self._zbuffer([static], proj, k, width, height)
@@ -153,6 +168,23 @@ class Renderer:
         color = torch.empty((batch, height, width, 3), dtype=torch.uint8, device=self.device)
         color.copy_((planes[:, :3] + 0.5).clamp_(0, 255).permute(0, 2, 3, 1))  # uint8 cast truncates: floor(x + .5)
         return RenderOutput(color, planes[:, 3].contiguous(), valid)
+
+    def _render_triton(self, proj64: np.ndarray, ks: np.ndarray, width: int, height: int, a: int, b: int, w: float):
+        from gen_server.render import triton_render as tr  # noqa: PLC0415 - imports triton
+
+        batch, cfg = len(proj64), self.config.splat
+        cams = tr.camera_table(proj64, ks, self.device)
+        zbuf = tr.empty_zbuffer(batch, height, width, self.device)
+        tr.splat_range(zbuf, self.points, 0, self._static_count, cams, width, height, cfg)
+        zbuf_b = None
+        if b != a and w > 0.0:
+            zbuf_b = zbuf.clone()
+            tr.splat_range(zbuf_b, self.points, *self._dynamic_range(b), cams, width, height, cfg)
+        tr.splat_range(zbuf, self.points, *self._dynamic_range(a), cams, width, height, cfg)
+        return tr.resolve_and_fill(zbuf, zbuf_b, w, self.points, batch, height, width, self.config.fill_holes)
+
+    def _dynamic_range(self, frame: int) -> tuple[int, int]:
+        return int(self._dynamic_offsets[frame]), int(self._dynamic_offsets[frame + 1])
 
     def render_fov(self, world_from_eye, fovs: list[cameras.Fov], width: int, height: int, tau: float) -> RenderOutput:
         """Render OpenXR views: world_from_eye (B, 4, 4) OpenXR poses and one :class:`cameras.Fov` per view."""

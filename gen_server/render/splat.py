@@ -38,10 +38,9 @@ class SplatConfig:
     # How footprints become pixels (same z-buffer either way: amin does not depend on fragment order):
     # "groups" sorts landing points by footprint shape and expands each shape with one broadcast add of
     # an offset table (fewest memory passes, one host sync + a few ops per shape: measured fastest on CPU);
-    # "flat" expands all points at once with per-fragment index arithmetic (fixed ~20 kernels per layer);
-    # "triton" (CUDA only) does expansion + atomic-min in one kernel with no host sync: equal to "flat"
-    # bit for bit on an H100 (tests/test_render_cuda.py) and faster there (133 vs 113 stereo pairs/s at
-    # 2x1440x1600, 2026-11-24). "auto": groups on CPU, triton on CUDA when triton imports, else flat.
+    # "flat" expands all points at once with per-fragment index arithmetic (fixed ~20 kernels per layer).
+    # "auto": groups on CPU, flat on CUDA. (On CUDA the renderer normally bypasses this module for the
+    # fused kernels of triton_render.)
     expansion: str = "auto"
 
     def __post_init__(self) -> None:
@@ -49,11 +48,11 @@ class SplatConfig:
             raise ValueError(f"SplatConfig.max_half_px: must be in [0.5, 31], got {self.max_half_px}")
         if not (self.radius_scale > 0 and self.near > 0):
             raise ValueError("SplatConfig: radius_scale and near must be positive")
-        if self.expansion not in ("auto", "groups", "flat", "triton"):
-            raise ValueError(f"SplatConfig.expansion: must be auto, groups, flat or triton, got {self.expansion!r}")
+        if self.expansion not in ("auto", "groups", "flat"):
+            raise ValueError(f"SplatConfig.expansion: must be auto, groups or flat, got {self.expansion!r}")
 
     def use_groups(self, device: torch.device) -> bool:
-        return self.expansion == "groups" or (self.expansion in ("auto", "triton") and device.type == "cpu")
+        return self.expansion == "groups" or (self.expansion == "auto" and device.type == "cpu")
 
 
 @dataclass
@@ -186,16 +185,12 @@ def splat_into(
         shape_class = ny.mul_(64).add_(nx).to(torch.int16).view(-1)
         shape_class &= keep.view(-1).to(torch.int16).neg_()
         _splat_by_shape(zbuf, shape_class, x0, y0, z, gid, width, height)
-    elif config.expansion in ("auto", "triton") and zbuf.device.type == "cuda" and _triton_available():
-        from gen_server.render.triton_splat import splat_triton  # noqa: PLC0415 - imports triton: CUDA only
-
-        splat_triton(zbuf, keep, x0, y0, nx, ny, z, gid, width, height)
     else:
         _splat_flat(zbuf, keep, x0, y0, nx, ny, z, gid, width, height)
 
 
 @functools.cache
-def _triton_available() -> bool:
+def triton_available() -> bool:
     try:
         import triton  # noqa: F401, PLC0415 - probe only
     except ImportError:
