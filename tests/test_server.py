@@ -422,3 +422,29 @@ def test_h264_for_clients_that_decode_it_jpeg_for_others():
         h264.close()
         jpeg.close()
         server.stop()
+
+
+def test_client_decodes_several_frames_at_once_and_publishes_in_order():
+    server = make_server(fps=1000.0).start()
+    config = StreamConfig(eye_width=512, eye_height=512, fovs=(FOV, FOV), timeout_s=3.0, decode_frames_in_flight=3)
+    client = connect(server.address, config)
+    try:
+        seen, sent = [], {}
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            head, eyes = eyes_at(random.uniform(-1, 1))
+            sent[client.send_pose(head, eyes)] = eyes
+            frame = client.latest_frame()
+            if frame is not None and (not seen or frame.seq != seen[-1].seq):
+                seen.append(frame)
+            time.sleep(0.004)
+        assert len(seen) >= 10
+        assert [f.seq for f in seen] == sorted(f.seq for f in seen)  # never an older frame after a newer one
+        for frame in seen[-5:]:  # each published frame shows its own pose's colours
+            for i, eye in enumerate(sent[frame.pose_seq]):
+                assert np.abs(frame.color[i].astype(int) - painted_color(eye.matrix()).astype(int)).max() <= 3
+        assert 1 <= client.stats["decode_in_flight_max"] <= 3
+        assert client.stats["frames_decoded"] >= len(seen)
+    finally:
+        client.close()
+        server.stop()

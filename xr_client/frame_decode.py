@@ -4,6 +4,7 @@ dequantisation. No torch (runs on the headset PC)."""
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -83,7 +84,8 @@ _POOL: ThreadPoolExecutor | None = None
 def _pool() -> ThreadPoolExecutor:
     global _POOL
     if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="frame-decode")
+        # Each frame's eyes (colour + depth) decode in parallel; several frames may be decoding at once.
+        _POOL = ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 1), thread_name_prefix="frame-decode")
     return _POOL
 
 
