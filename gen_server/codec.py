@@ -4,7 +4,9 @@ Colour: nvJPEG through ``torchvision.io.encode_jpeg`` when the views are CUDA te
 importable, otherwise simplejpeg (libjpeg-turbo) on the CPU, eyes in parallel threads (it releases the
 GIL). Depth: reduced by an integer factor keeping the *nearest* valid surface of each block (so
 reprojection never pushes a foreground edge behind the background), quantised as inverse depth
-(precision where it matters: close up) and compressed with zlib over split high/low byte planes.
+(precision where it matters: close up) and compressed over split high/low byte planes, in bands of rows
+compressed in parallel threads: ``inv16-zstd`` (the default; zstandard level 1 is about 4x faster than
+zlib level 1 for 15 % more bytes, and decodes 8x faster) or ``inv16-zlib``.
 
 Imports numpy only at module level; torch/torchvision are imported lazily for tensor inputs, so the
 client side (``xr_client.frame_decode``) can use the dequantisation below without torch.
@@ -15,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import fractions
 import functools
+import os
+import struct
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import simplejpeg
+import zstandard
+
+from gen_server.protocol import DEPTH_CODECS
 
 Q_MAX = 65535  # q = 0 is "no surface"; 1..65535 span 1/far..1/near
 
@@ -32,12 +39,14 @@ class CodecConfig:
 
     color_codec: str = "jpeg"  # "jpeg" | "raw"
     jpeg_quality: int = 85
-    depth_codec: str = "inv16-zlib"  # "inv16-zlib" | "inv16"
+    depth_codec: str = "inv16-zstd"  # "inv16-zstd" | "inv16-zlib" | "inv16"
     depth_downscale: int = 0  # 0 = auto: the smallest power of two giving depth <= max_depth_width wide
     max_depth_width: int = 400
     depth_near: float = 0.05
     depth_far: float = 500.0
     zlib_level: int = 1
+    zstd_level: int = 1
+    depth_band_rows: int = 64  # rows per compressed band; bands compress in parallel (0 = one band per eye)
 
 
 @dataclass
@@ -121,16 +130,57 @@ def depth_error_bound(depth: np.ndarray, near: float, far: float) -> np.ndarray:
     return 1.0 / np.maximum(1.0 / z - 0.5 * step, 1e-12) - z
 
 
+_BAND_TABLE = struct.Struct("<I")  # inv16-zstd: band count, then each band's compressed size
+
+
+def _byte_planes(q: np.ndarray) -> bytes:
+    # Split byte planes: the high plane is smooth and compresses far better than interleaved bytes.
+    return np.stack([(q >> 8).astype(np.uint8), (q & 0xFF).astype(np.uint8)]).tobytes()
+
+
 def pack_depth(q: np.ndarray, codec: str, level: int = 1) -> bytes:
-    """uint16 (H, W) -> payload bytes. ``inv16``: little-endian; ``inv16-zlib``: zlib(high bytes, low bytes)."""
+    """uint16 (H, W) -> payload bytes, as one band (:func:`pack_depth_bands` for several).
+
+    ``inv16``: little-endian; ``inv16-zlib``: zlib(high bytes, low bytes); ``inv16-zstd``: a band table
+    (u32 count, u32 size of each band, little-endian) then one zstd frame of (high, low) bytes per band."""
     q = np.ascontiguousarray(q, dtype="<u2")
     if codec == "inv16":
         return q.tobytes()
     if codec == "inv16-zlib":
-        # Split byte planes: the high plane is smooth and compresses far better than interleaved bytes.
-        planes = np.stack([(q >> 8).astype(np.uint8), (q & 0xFF).astype(np.uint8)])
-        return zlib.compress(planes.tobytes(), level)
+        return zlib.compress(_byte_planes(q), level)
+    if codec == "inv16-zstd":
+        return join_bands([zstd_band(q, level)], codec)
     raise ValueError(f"unknown depth codec {codec!r}")
+
+
+def zstd_band(q: np.ndarray, level: int = 1) -> bytes:
+    """One band of rows of uint16 codes -> a zstd frame (its content size recorded in the header)."""
+    return zstandard.ZstdCompressor(level=level).compress(_byte_planes(np.ascontiguousarray(q, dtype="<u2")))
+
+
+def pack_band(q: np.ndarray, codec: str, level: int = 1) -> bytes:
+    """One band of rows in ``codec``'s per-band form (a zlib stream, a zstd frame); :func:`join_bands`
+    assembles a payload from them."""
+    if codec == "inv16-zstd":
+        return zstd_band(q, level)
+    return pack_depth(q, codec, level)
+
+
+def join_bands(bands: list[bytes], codec: str) -> bytes:
+    """Per-band outputs of :func:`pack_band`, top to bottom -> one eye's payload."""
+    if codec == "inv16-zstd":
+        table = struct.pack(f"<{1 + len(bands)}I", len(bands), *map(len, bands))
+        return b"".join([table, *bands])
+    if codec == "inv16-zlib" or len(bands) == 1:
+        return b"".join(bands)  # zlib streams back to back
+    raise ValueError(f"{codec}: one band only")
+
+
+def depth_bands(height: int, band_rows: int) -> list[slice]:
+    """Row bands for a banded ``inv16-zstd`` / ``inv16-zlib`` payload: ``band_rows`` rows each, the last one shorter
+    (``band_rows`` 0: one band)."""
+    step = band_rows if band_rows > 0 else max(height, 1)
+    return [slice(r, min(r + step, height)) for r in range(0, max(height, 1), step)]
 
 
 def unpack_depth(data, codec: str, width: int, height: int) -> np.ndarray:
@@ -141,14 +191,64 @@ def unpack_depth(data, codec: str, width: int, height: int) -> np.ndarray:
         if len(raw) != 2 * n:
             raise ValueError(f"depth payload: {len(raw)} bytes, expected {2 * n}")
         return np.frombuffer(raw, dtype="<u2").reshape(height, width).astype(np.uint16)
+    if codec == "inv16-zstd":
+        return _unpack_zstd(bytes(data), width, height)
     if codec == "inv16-zlib":
-        d = zlib.decompressobj()
-        raw = d.decompress(bytes(data), 2 * n + 1)  # bounded: a zip bomb cannot grow past the declared size
-        if len(raw) != 2 * n or d.unconsumed_tail:
-            raise ValueError(f"depth payload: inflates to {len(raw)}+ bytes, expected {2 * n}")
-        planes = np.frombuffer(raw, np.uint8).reshape(2, height, width)
-        return (planes[0].astype(np.uint16) << 8) | planes[1]
+        out = np.empty((height, width), np.uint16)
+        rest, row = bytes(data), 0
+        while True:  # one zlib stream per band of rows, back to back
+            d = zlib.decompressobj()
+            room = 2 * (height - row) * width
+            try:
+                raw = d.decompress(rest, room + 1)  # bounded: a zip bomb cannot grow past the declared size
+            except zlib.error as e:
+                raise ValueError(f"depth payload: band at row {row}: {e}") from None
+            if d.unconsumed_tail or not d.eof or len(raw) > room or len(raw) % (2 * width):
+                raise ValueError(f"depth payload: band at row {row} inflates to {len(raw)}+ bytes, "
+                                 f"not whole rows of {width} within {room}")
+            rows = len(raw) // (2 * width)
+            planes = np.frombuffer(raw, np.uint8).reshape(2, rows, width)
+            out[row:row + rows] = (planes[0].astype(np.uint16) << 8) | planes[1]
+            row, rest = row + rows, d.unused_data
+            if not rest or rows == 0:
+                break
+        if row != height or rest:
+            raise ValueError(f"depth payload: {row} of {height} rows" + (", trailing bytes" if rest else ""))
+        return out
     raise ValueError(f"unknown depth codec {codec!r}")
+
+
+def _unpack_zstd(data: bytes, width: int, height: int) -> np.ndarray:
+    if len(data) < 4:
+        raise ValueError("depth payload: no band table")
+    (n,) = _BAND_TABLE.unpack_from(data)
+    if not 1 <= n <= max(height, 1) or len(data) < 4 * (n + 1):
+        raise ValueError(f"depth payload: band table of {n} bands for {height} rows in {len(data)} bytes")
+    sizes = np.frombuffer(data, "<u4", n, 4).astype(np.int64)
+    offsets = 4 * (n + 1) + np.r_[0, np.cumsum(sizes)]
+    if offsets[-1] != len(data):
+        raise ValueError(f"depth payload: bands add up to {offsets[-1]} bytes, payload has {len(data)}")
+    out = np.empty((height, width), np.uint16)
+    row, dctx = 0, zstandard.ZstdDecompressor()
+    for start, stop in zip(offsets[:-1], offsets[1:]):
+        frame = data[start:stop]
+        try:  # the declared size sizes the output (and bounds it: no bombs); zstd checks it on decode
+            declared = zstandard.frame_content_size(frame)
+            room = 2 * (height - row) * width
+            if declared < 0 or declared > room or declared % (2 * width):
+                raise ValueError(f"band at row {row} declares {declared} bytes, not whole rows of {width} within {room}")
+            raw = dctx.decompress(frame)
+        except zstandard.ZstdError as e:
+            raise ValueError(f"depth payload: band at row {row}: {e}") from None
+        if len(raw) != declared:
+            raise ValueError(f"depth payload: band at row {row} inflates to {len(raw)} bytes, declared {declared}")
+        rows = len(raw) // (2 * width)
+        planes = np.frombuffer(raw, np.uint8).reshape(2, rows, width)
+        out[row:row + rows] = (planes[0].astype(np.uint16) << 8) | planes[1]
+        row += rows
+    if row != height:
+        raise ValueError(f"depth payload: {row} of {height} rows")
+    return out
 
 
 def downsample_depth(depth: np.ndarray, factor: int) -> np.ndarray:
@@ -186,9 +286,10 @@ class FrameEncoder:
         self.config = config or CodecConfig()
         if self.config.color_codec not in ("jpeg", "raw", "h264"):
             raise ValueError(f"unknown colour codec {self.config.color_codec!r}")
-        if self.config.depth_codec not in ("inv16-zlib", "inv16"):
+        if self.config.depth_codec not in DEPTH_CODECS:
             raise ValueError(f"unknown depth codec {self.config.depth_codec!r}")
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="encode")
+        # Depth bands and CPU JPEGs run here; zlib and libjpeg-turbo release the GIL.
+        self._pool = ThreadPoolExecutor(max_workers=max(4, min(16, os.cpu_count() or 1)), thread_name_prefix="encode")
         self._gpu_jpeg = None  # resolved on the first CUDA tensor
 
     def close(self) -> None:
@@ -207,15 +308,19 @@ class FrameEncoder:
             raise ValueError(f"encode: color (B,H,W,3) and depth (B,H,W) expected, got {tuple(color.shape)} {tuple(depth.shape)}")
         b, h, w = color.shape[:3]
         codes = self.depth_codes(depth, valid, depth_scale)
-        # Depth compression (zlib releases the GIL) overlaps the colour encode.
-        depth_jobs = [self._pool.submit(pack_depth, q, cfg.depth_codec, cfg.zlib_level) for q in codes]
+        # Depth compression (bands of rows in parallel threads) overlaps the colour encode.
+        bands = depth_bands(codes.shape[1], cfg.depth_band_rows if cfg.depth_codec != "inv16" else 0)
+        level = cfg.zstd_level if cfg.depth_codec == "inv16-zstd" else cfg.zlib_level
+        depth_jobs = [[self._pool.submit(pack_band, q[band], cfg.depth_codec, level) for band in bands]
+                      for q in codes]
         keyframe, color_codec = True, "raw" if cfg.color_codec == "raw" else "jpeg"
         if h264 is not None:
             (color_bytes, keyframe), backend, color_codec = h264.encode(color), "libx264", "h264"
         else:
             color_bytes, backend = self._encode_color(color)
         return EncodedViews(
-            color=color_bytes, depth=[j.result() for j in depth_jobs], width=w, height=h,
+            color=color_bytes, depth=[join_bands([j.result() for j in eye], cfg.depth_codec) for eye in depth_jobs],
+            width=w, height=h,
             depth_width=codes.shape[2], depth_height=codes.shape[1], depth_near=cfg.depth_near,
             depth_far=cfg.depth_far, color_codec=color_codec, depth_codec=cfg.depth_codec,
             encode_ns=time.perf_counter_ns() - start, backend=backend, keyframe=keyframe,
@@ -239,15 +344,20 @@ class FrameEncoder:
         if not isinstance(depth, np.ndarray):  # torch: reduce + quantise on the device, copy codes only
             import torch  # noqa: PLC0415
 
-            d = depth.float() / torch.tensor(np.array(scales), device=depth.device)
-            ok = torch.isfinite(d) & (d > 0)
+            d = depth.float()
+            ok = (d > 0) & (d < float("inf"))  # NaN fails both
             if valid is not None:
                 ok &= valid.bool()
-            d = torch.where(ok, d, torch.full_like(d, float("inf")))
-            if f > 1:
+            d = d.masked_fill(~ok, float("inf"))
+            if f > 1:  # nearest surface per block; scaling after the pool (it is monotonic) works on f*f fewer pixels
                 d = -torch.nn.functional.max_pool2d(-d[:, None], f, f, ceil_mode=True)[:, 0]
-            d = torch.where(torch.isfinite(d), d, torch.zeros_like(d))
-            return quantize_inverse_depth_torch(d, cfg.depth_near, cfg.depth_far).cpu().numpy().astype(np.uint16)
+            if np.all(scales == scales[0]):
+                d = d / float(scales[0, 0, 0]) if scales[0, 0, 0] != 1 else d  # no host->device copy
+            else:
+                d = d / torch.from_numpy(np.array(scales)).to(d.device)
+            d = d.masked_fill(d == float("inf"), 0.0)
+            q = quantize_inverse_depth_torch(d, cfg.depth_near, cfg.depth_far)
+            return q.to(torch.uint16).cpu().numpy()  # half the bytes of int32 across the bus
         d = np.asarray(depth, np.float32) / scales
         if valid is not None:
             d = np.where(np.asarray(valid, bool), d, np.float32(0))

@@ -39,7 +39,7 @@ POSITION_LIMIT_M = 1e5
 MAX_TIME_NS = 2**63 - 1
 
 COLOR_CODECS = ("jpeg", "raw", "h264")  # raw = H x W x 3 uint8; h264 = one Annex-B access unit per eye
-DEPTH_CODECS = ("inv16-zlib", "inv16")  # 16-bit quantised inverse depth, zlib-compressed or raw
+DEPTH_CODECS = ("inv16-zstd", "inv16-zlib", "inv16")  # 16-bit quantised inverse depth: zstd, zlib or raw
 BUTTONS = ("a", "b", "x", "y", "menu", "system", "thumbstick", "trigger_touch", "thumbstick_touch")
 CONTROL_COMMANDS = (
     "play", "pause", "toggle_pause", "rate", "seek", "step", "bookmark", "goto_bookmark", "recenter", "scale",
@@ -246,7 +246,7 @@ class Hello(Message):
     ipd: float = 0.063
     display_refresh_hz: float = 90.0
     color_codecs: tuple[str, ...] = ("jpeg", "raw")
-    depth_codecs: tuple[str, ...] = ("inv16-zlib", "inv16")
+    depth_codecs: tuple[str, ...] = DEPTH_CODECS
     client_name: str = ""
     client_time_ns: int = 0
     protocol_version: int = PROTOCOL_VERSION
@@ -418,7 +418,10 @@ class Frame(Message):
     Payloads, in order: colour of each eye (``color_codec``; ``h264``: each eye is its own stream, one
     access unit per frame, decodable alone when ``keyframe``), then depth of each eye (``depth_codec``
     at ``depth_width`` x ``depth_height``). Depth ``inv16*``: uint16 q, 0 = no surface, otherwise
-    1/z = 1/far + (q - 1) / 65534 * (1/near - 1/far), z in stage metres along the eye's -Z axis.
+    1/z = 1/far + (q - 1) / 65534 * (1/near - 1/far), z in stage metres along the eye's -Z axis;
+    compressed codecs hold bands of whole rows, each stored as its high-byte plane then its low-byte
+    plane (bands compress in parallel on the server): ``inv16-zstd`` = u32 band count, u32 size of each
+    band (little-endian), then one zstd frame per band; ``inv16-zlib`` = zlib streams back to back.
     ``timings`` are server-clock ns: pose_received, render_start, render_end, encode_end, send."""
 
     TYPE: ClassVar[str] = "frame"

@@ -7,10 +7,11 @@ import zlib
 import numpy as np
 import pytest
 import torch
+import zstandard
 
 from gen_server.codec import (
-    Q_MAX, CodecConfig, FrameEncoder, depth_error_bound, dequantize_inverse_depth, downsample_depth, pack_depth,
-    quantize_inverse_depth, unpack_depth,
+    Q_MAX, CodecConfig, FrameEncoder, depth_bands, depth_error_bound, dequantize_inverse_depth, downsample_depth,
+    join_bands, pack_band, pack_depth, quantize_inverse_depth, unpack_depth,
 )
 from gen_server.protocol import ProtocolError
 from xr_client.frame_decode import decode_color, decode_depth
@@ -100,7 +101,7 @@ def test_downsample_keeps_nearest_valid_surface():
                 assert fast[b, i, j] == ref
 
 
-@pytest.mark.parametrize("codec", ["inv16-zlib", "inv16"])
+@pytest.mark.parametrize("codec", ["inv16-zstd", "inv16-zlib", "inv16"])
 def test_depth_payload_round_trip_and_size(codec):
     y, x = np.mgrid[0:120, 0:160]
     depth = (2.0 + 0.01 * x + 0.02 * y).astype(np.float32)[None].repeat(2, 0)
@@ -114,7 +115,7 @@ def test_depth_payload_round_trip_and_size(codec):
         valid = ref[i] > 0
         assert np.array_equal(back > 0, valid)
         assert np.all(np.abs(back[valid] - ref[i][valid]) <= depth_error_bound(ref[i][valid], 0.1, 100.0) * 1.001 + 1e-6)
-        if codec == "inv16-zlib":
+        if codec != "inv16":
             assert len(out.depth[i]) < 0.5 * 80 * 60 * 2  # a smooth ramp compresses well
         else:
             assert len(out.depth[i]) == 80 * 60 * 2
@@ -150,6 +151,54 @@ def test_unpack_rejects_wrong_sizes_and_bombs():
         unpack_depth(bomb, "inv16-zlib", 64, 64)
     with pytest.raises(ProtocolError, match="bad depth payload"):
         decode_depth("inv16", b"\0" * 7, 2, 2, 0.1, 10.0)
+
+
+@pytest.mark.parametrize("codec", ["inv16-zstd", "inv16-zlib"])
+def test_banded_depth_payload_round_trip_and_damage(codec):
+    """Bands of rows compress separately (in parallel on the server); the reader checks that the bands
+    are whole rows adding up to the declared height."""
+    rng = np.random.default_rng(3)
+    q = rng.integers(0, 65536, (150, 40), dtype=np.uint16)
+    q[:, :20] = 1234  # some structure
+    bands = depth_bands(150, 64)
+    assert [(b.start, b.stop) for b in bands] == [(0, 64), (64, 128), (128, 150)]
+    assert depth_bands(150, 0) == [slice(0, 150)]
+    parts = [pack_band(q[b], codec) for b in bands]
+    payload = join_bands(parts, codec)
+    np.testing.assert_array_equal(unpack_depth(payload, codec, 40, 150), q)
+    np.testing.assert_array_equal(unpack_depth(pack_depth(q, codec), codec, 40, 150), q)  # one band
+    enc = FrameEncoder(CodecConfig(depth_codec=codec, depth_downscale=1, depth_band_rows=64))
+    depth = rng.uniform(0.5, 20, (2, 150, 40)).astype(np.float32)
+    banded = enc.encode(np.zeros((2, 150, 40, 3), np.uint8), depth)
+    single = FrameEncoder(CodecConfig(depth_codec=codec, depth_downscale=1, depth_band_rows=0)).encode(
+        np.zeros((2, 150, 40, 3), np.uint8), depth)
+    assert banded.depth != single.depth  # three bands against one ...
+    for a, b in zip(banded.depth, single.depth):  # ... holding the same codes
+        np.testing.assert_array_equal(unpack_depth(a, codec, 40, 150), unpack_depth(b, codec, 40, 150))
+    odd = b"\0" * (2 * 40 * 3 + 1)  # three rows and a byte
+    partial_rows = zlib.compress(odd) if codec == "inv16-zlib" else zstandard.ZstdCompressor().compress(odd)
+    for bad in (payload[:-5],                                    # last band truncated
+                join_bands(parts + parts[2:], codec),            # one band too many
+                join_bands(parts[:2], codec),                    # a band missing
+                payload + b"junk",                               # trailing garbage
+                join_bands([partial_rows] + parts, codec)):      # a band of partial rows
+        with pytest.raises(ValueError):
+            unpack_depth(bad, codec, 40, 150)
+
+
+def test_zstd_depth_rejects_bombs_and_bad_tables():
+    big = zstandard.ZstdCompressor().compress(b"\0" * (50 << 20))  # 50 MiB of zeros in a few KiB
+    with pytest.raises(ValueError, match="declares"):
+        unpack_depth(join_bands([big], "inv16-zstd"), "inv16-zstd", 64, 64)
+    streamed = zstandard.ZstdCompressor(write_content_size=False).compress(b"\0" * (2 * 64 * 64))
+    with pytest.raises(ValueError, match="declares"):  # no declared size: nothing bounds it, refused
+        unpack_depth(join_bands([streamed], "inv16-zstd"), "inv16-zstd", 64, 64)
+    good = pack_depth(np.ones((64, 64), np.uint16), "inv16-zstd")
+    for bad in (b"", good[:3], b"\xff\xff\xff\xff" + good[4:], b"\0\0\0\0" + good[4:]):
+        with pytest.raises(ValueError):
+            unpack_depth(bad, "inv16-zstd", 64, 64)
+    with pytest.raises(ProtocolError, match="bad depth payload"):
+        decode_depth("inv16-zstd", good[:-1], 64, 64, 0.1, 10.0)
 
 
 def test_auto_depth_factor():

@@ -39,16 +39,20 @@ def _pair(world, backend, width, height, tau, fill=True, fov_deg=100.0):
 
 
 def _assert_same_winners_up_to_ties(got, ref):
-    """Valid pixels agree; where the winners' colours differ, their depths tie to float32 rounding.
+    """Valid pixels agree; where the winners' colours differ, their depths tie to float32 rounding,
+    except at a few footprint edges.
 
     The fused kernel projects with fused multiply-adds, the torch path with a batched matmul, so two
-    points at (nearly) the same depth can swap; a wrong depth test would show as a depth difference."""
-    assert (got[2] == ref[2]).float().mean() > 0.999  # footprint edges may move by one ULP
+    points at (nearly) the same depth can swap, and a footprint's edge can move by one pixel where its
+    centre or radius rounds the other way (on the H100: 10 of 184 k pixels at 320x360). A wrong depth
+    test would show as depth differences over whole surfaces, far above these bounds."""
+    assert (got[2] == ref[2]).float().mean() > 0.999  # footprint edges may move by one pixel
     both = got[2] & ref[2]
     differ = both & (got[0] != ref[0]).any(-1)
     assert differ.float().sum() <= 0.01 * both.float().sum()
-    assert torch.allclose(got[1][differ], ref[1][differ], rtol=2e-5)
-    assert torch.allclose(got[1][both], ref[1][both], rtol=2e-5)
+    depth_tie = torch.isclose(got[1], ref[1], rtol=2e-5)
+    assert (both & ~depth_tie).float().sum() <= 2e-4 * both.float().sum()  # edge pixels only
+    assert (both & ~depth_tie & ~differ).sum() == 0  # same colour, same point: same depth
 
 
 @pytest.mark.parametrize("tau", [1 / 24, 0.37 / 24 + 1 / 24])  # a dynamic frame exactly; a cross-fade of two

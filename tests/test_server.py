@@ -46,7 +46,7 @@ def test_hello_welcome(server):
     try:
         w = client.welcome
         assert (w.eye_width, w.eye_height) == (64, 64)
-        assert (w.color_codec, w.depth_codec) == ("jpeg", "inv16-zlib")
+        assert (w.color_codec, w.depth_codec) == ("jpeg", "inv16-zstd")
         assert w.world["duration"] == WORLD_INFO["duration"] and w.max_fps == 60.0
         assert set(w.timeline) >= {"tau", "rate", "paused", "end_mode", "bookmarks"}
         np.testing.assert_array_equal(w.world_from_stage, np.eye(4))

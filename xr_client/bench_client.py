@@ -17,7 +17,9 @@ import simplejpeg
 
 from gen_server import cameras
 from gen_server.cameras import Fov
-from gen_server.codec import pack_depth, quantize_inverse_depth
+from gen_server.codec import CodecConfig, pack_depth, quantize_inverse_depth
+
+DEPTH = CodecConfig().depth_codec  # what the server sends by default
 
 
 def _synthetic_eye(width: int, height: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -47,7 +49,7 @@ def run(width: int = 1440, height: int = 1600, vsyncs: int = 120, frame_every: i
     dw, dh = width // depth_downscale, height // depth_downscale
     eyes = [_synthetic_eye(width, height, i) for i in range(2)]
     payloads = [(simplejpeg.encode_jpeg(rgb, quality=85, colorspace="RGB"),
-                 pack_depth(quantize_inverse_depth(depth[::depth_downscale, ::depth_downscale], near, far), "inv16-zlib"))
+                 pack_depth(quantize_inverse_depth(depth[::depth_downscale, ::depth_downscale], near, far), DEPTH))
                 for rgb, depth in eyes]
 
     decode_ms = []
@@ -55,9 +57,9 @@ def run(width: int = 1440, height: int = 1600, vsyncs: int = 120, frame_every: i
         t0 = time.perf_counter()
         for jpg, dep in payloads:
             decode_color("jpeg", jpg, width, height)
-            decode_depth("inv16-zlib", dep, dw, dh, near, far)
+            decode_depth(DEPTH, dep, dw, dh, near, far)
         decode_ms.append((time.perf_counter() - t0) * 1e3)
-    decoded = [(decode_color("jpeg", j, width, height), decode_depth("inv16-zlib", d, dw, dh, near, far))
+    decoded = [(decode_color("jpeg", j, width, height), decode_depth(DEPTH, d, dw, dh, near, far))
                for j, d in payloads]
 
     reproj = Reprojector(ReprojectionConfig(grid_step=grid_step, near=near, far=far))

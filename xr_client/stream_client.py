@@ -53,7 +53,7 @@ class StreamConfig:
     ipd: float = 0.063
     display_refresh_hz: float = 90.0
     color_codecs: tuple[str, ...] = ("jpeg", "raw")  # add "h264" for the low-bandwidth stream (needs PyAV)
-    depth_codecs: tuple[str, ...] = ("inv16-zlib", "inv16")
+    depth_codecs: tuple[str, ...] = P.DEPTH_CODECS
     client_name: str = "timewalk-client"
     ping_interval_s: float = 0.5
     timeout_s: float = 3.0  # nothing from the server this long -> reconnect

@@ -107,6 +107,7 @@ def _client_loop(client, seconds: float, rng: np.random.Generator, out: dict, mi
     1/pose_hz s as a headset sends them; each newly decoded frame is timed against its pose's send."""
     acc = {k: [] for k in ("latencies", "server_ms", "transport_ms", "decode_ms", "nbytes")}
     acc.update(frames=0, timeouts=0)
+    decoded_before = client.stats["frames_decoded"]
     start = time.monotonic()
     end = start + seconds
     sent: dict[int, int] = {}
@@ -134,6 +135,10 @@ def _client_loop(client, seconds: float, rng: np.random.Generator, out: dict, mi
         for old in [s for s in sent if s < (frame.pose_seq if frame else 0)]:
             del sent[old]
         time.sleep(max(0.0, 1.0 / pose_hz - (time.monotonic() - tick)))
+    # Open loop samples the newest frame once per pose (for latency); frames/s counts every frame the
+    # client decoded and published, including any that two published between one pose and the next.
+    acc["decoded"] = client.stats["frames_decoded"] - decoded_before
+    acc["elapsed"] = time.monotonic() - start
     out.update(acc)
 
 
@@ -177,7 +182,7 @@ def run(world_dir_or_none, device: str, width: int, height: int, clients: int, s
     srv = np.concatenate([r["server_ms"] for r in results]) if results else np.zeros(0)
     transport = np.concatenate([r["transport_ms"] for r in results]) if results else np.zeros(0)
     decode = np.concatenate([r["decode_ms"] for r in results]) if results else np.zeros(0)
-    per_client_fps = [r["frames"] / seconds for r in results]
+    per_client_fps = [(r["frames"] if pose_hz <= 0 else r["decoded"]) / r["elapsed"] for r in results]
 
     def pct(a, q):
         return round(float(np.percentile(a, q)), 2) if len(a) else None
