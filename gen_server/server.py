@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import gc
 import ipaddress
 import itertools
 import json
@@ -386,6 +387,10 @@ class StreamServer:
         self._stop.set()
 
     def serve_forever(self) -> None:
+        # Everything allocated so far (torch's and the world's objects) moves out of the collector's
+        # reach, so a full collection mid-stream cannot stall a frame walking them.
+        gc.collect()
+        gc.freeze()
         try:
             while not self._stop.is_set():
                 self.step()

@@ -11,7 +11,7 @@ import zstandard
 
 from gen_server.codec import (
     Q_MAX, CodecConfig, FrameEncoder, depth_bands, depth_error_bound, dequantize_inverse_depth, downsample_depth,
-    join_bands, pack_band, pack_depth, quantize_inverse_depth, unpack_depth,
+    byte_planes, compress_band, join_bands, pack_depth, quantize_inverse_depth, unpack_depth,
 )
 from gen_server.protocol import ProtocolError
 from xr_client.frame_decode import decode_color, decode_depth
@@ -128,16 +128,25 @@ def test_depth_scale_converts_world_to_stage_metres():
     assert np.abs(back - 2.0).max() <= depth_error_bound(2.0, out.depth_near, out.depth_far) + 1e-6
 
 
-def test_torch_input_matches_numpy_path():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)"))])
+@pytest.mark.parametrize("scale", [1.0, 1.7, [1.0, 2.5]])
+def test_torch_input_matches_numpy_path(device, scale):
     rng = np.random.default_rng(5)
     color = np.stack([smooth_image(64, 64, 3)] * 2)
     depth = rng.uniform(0.5, 20, (2, 64, 64)).astype(np.float32)
+    depth[0, :3, :5] = [np.nan, np.inf, -1.0, 0.0, 1e-4]  # invalid, and clamped to near
+    depth[1, 60:, 60:] = 1e4  # clamped to far
     valid = rng.random((2, 64, 64)) > 0.2
+    valid[1, 8:16, 8:16] = False  # a hole bigger than a block
     enc = FrameEncoder(CodecConfig(depth_downscale=4))
-    a = enc.encode(color, depth, valid)
-    b = enc.encode(torch.from_numpy(color), torch.from_numpy(depth), torch.from_numpy(valid))
-    assert a.color == b.color
-    assert a.depth == b.depth  # same nearest-surface reduction and quantisation on both paths
+    a = enc.encode(color, depth, valid, depth_scale=scale)
+    b = enc.encode(*(torch.from_numpy(x).to(device) for x in (color, depth, valid)), depth_scale=scale)
+    if device == "cpu":
+        assert a.color == b.color
+    assert a.depth == b.depth  # same nearest-surface reduction and quantisation on both paths, bit for bit
+    codes = enc.depth_codes(depth, valid, scale)
+    assert 0 < (codes == 0).sum() < codes.size and codes.max() == Q_MAX  # holes and the near clamp both met
 
 
 def test_unpack_rejects_wrong_sizes_and_bombs():
@@ -163,9 +172,10 @@ def test_banded_depth_payload_round_trip_and_damage(codec):
     bands = depth_bands(150, 64)
     assert [(b.start, b.stop) for b in bands] == [(0, 64), (64, 128), (128, 150)]
     assert depth_bands(150, 0) == [slice(0, 150)]
-    parts = [pack_band(q[b], codec) for b in bands]
+    parts = [compress_band(byte_planes(q[b]), codec) for b in bands]
     payload = join_bands(parts, codec)
     np.testing.assert_array_equal(unpack_depth(payload, codec, 40, 150), q)
+    assert pack_depth(q, codec, band_rows=64) == payload
     np.testing.assert_array_equal(unpack_depth(pack_depth(q, codec), codec, 40, 150), q)  # one band
     enc = FrameEncoder(CodecConfig(depth_codec=codec, depth_downscale=1, depth_band_rows=64))
     depth = rng.uniform(0.5, 20, (2, 150, 40)).astype(np.float32)
