@@ -14,6 +14,7 @@ decoded on the client's clock; the server's own pose-in -> frame-out comes from 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import multiprocessing as mp
@@ -91,10 +92,22 @@ def _head_pose(rng: np.random.Generator, t: float | None = None):
     return Pose.from_matrix(head_m), (Pose.from_matrix(left), Pose.from_matrix(right))
 
 
+# Consecutive stretches of the server's pose-in -> frame-out, from the frame's own timings.
+SERVER_SEGMENTS = {
+    "wait": ("pose_received_ns", "render_start_ns"),     # pose queued behind other work
+    "render": ("render_start_ns", "render_end_ns"),      # generator call (launches; may not sync)
+    "handoff": ("render_end_ns", "encode_start_ns"),
+    "encode": ("encode_start_ns", "encode_end_ns"),      # includes waiting for the GPU to finish
+    "send": ("encode_end_ns", "send_ns"),
+}
+
+
 def _record(frame, sent_ns: int, acc: dict) -> None:
     t = frame.timings
     acc["latencies"].append((t["received_ns"] + t["decode_ns"] - sent_ns) / 1e6)
     acc["server_ms"].append((t["send_ns"] - t["pose_received_ns"]) / 1e6)
+    for name, (a, b) in SERVER_SEGMENTS.items():  # where the server's time goes, frame by frame
+        acc.setdefault(name, []).append((t[b] - t[a]) / 1e6)
     acc["transport_ms"].append((t["received_ns"] - t["send_ns"]) / 1e6)  # one host: one monotonic clock
     acc["decode_ms"].append(t["decode_ns"] / 1e6)
     acc["nbytes"].append(t.get("payload_bytes", 0))
@@ -142,10 +155,86 @@ def _client_loop(client, seconds: float, rng: np.random.Generator, out: dict, mi
     out.update(acc)
 
 
+class UndecodedClient:
+    """A client that validates frames (header, payload sizes) but decodes no images: with it the host's
+    cores stay with the server, which is how the server's own pose-in -> frame-out is measured (a
+    headset PC decodes its frames on its own CPU). Offers what :func:`_client_loop` uses of a
+    :class:`xr_client.stream_client.StreamClient`."""
+
+    def __init__(self, address: str, hello):
+        import collections
+
+        import zmq
+
+        from gen_server import protocol as P
+
+        self._P = P
+        self._sock = zmq.Context.instance().socket(zmq.DEALER)  # used by the IO thread only
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(address)
+        self._outbox = collections.deque([P.encode(hello)])
+        self._seq = itertools.count(1)
+        self._cv = threading.Condition()
+        self._latest = None
+        self._stop = threading.Event()
+        self._welcome = threading.Event()
+        self.stats = {"frames_decoded": 0}
+        self._thread = threading.Thread(target=self._io_loop, daemon=True)
+        self._thread.start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._welcome.wait(timeout)
+
+    def send_pose(self, head, eyes) -> int:
+        seq = next(self._seq)
+        self._outbox.append(self._P.encode(self._P.PoseUpdate(seq=seq, head=head, eyes=tuple(eyes))))
+        return seq
+
+    def _io_loop(self) -> None:
+        from types import SimpleNamespace
+
+        while True:
+            while self._outbox:
+                self._sock.send_multipart(self._outbox.popleft())
+            if self._stop.is_set():
+                return
+            if not self._sock.poll(0):
+                time.sleep(0.0002)  # zmq polls in whole ms; a short nap keeps pose sends prompt
+                continue
+            parts = self._sock.recv_multipart()
+            received = time.monotonic_ns()
+            msg = self._P.decode(parts)  # header and payload sizes validated; images left encoded
+            if isinstance(msg, self._P.Welcome):
+                self._welcome.set()
+            elif isinstance(msg, self._P.Frame):
+                timings = dict(msg.timings, received_ns=received, decode_ns=0,
+                               payload_bytes=sum(map(len, (*msg.color, *msg.depth))))
+                with self._cv:
+                    self._latest = SimpleNamespace(seq=msg.seq, pose_seq=msg.pose_seq, timings=timings)
+                    self.stats["frames_decoded"] += 1
+                    self._cv.notify_all()
+
+    def latest_frame(self):
+        return self._latest
+
+    def wait_frame(self, pose_seq: int, timeout: float):
+        with self._cv:
+            self._cv.wait_for(lambda: self._latest is not None and self._latest.pose_seq >= pose_seq, timeout)
+            return self._latest
+
+    def close(self) -> None:
+        self._outbox.append(self._P.encode(self._P.Bye()))
+        self._stop.set()  # the IO thread sends what is queued (the bye), then returns
+        self._thread.join(timeout=5)
+        self._sock.close()
+
+
 def run(world_dir_or_none, device: str, width: int, height: int, clients: int, seconds: float,
         static_points: int | None = None, fps: float = 1000.0, color_codec: str = "jpeg",
-        noise_colors: bool = False, pose_hz: float = 0.0, threads: int | None = None) -> dict:
-    """Serve in a subprocess, run ``clients`` closed-loop clients for ``seconds``; returns the numbers."""
+        noise_colors: bool = False, pose_hz: float = 0.0, threads: int | None = None, decode: bool = True) -> dict:
+    """Serve in a subprocess, run ``clients`` clients for ``seconds``; returns the numbers. ``decode``
+    False: :class:`UndecodedClient` instead of the real client (the server's numbers without the
+    benchmark's own JPEG decoding competing for this host's cores)."""
     from gen_server.cameras import Fov
     from xr_client.stream_client import StreamClient, StreamConfig
 
@@ -160,7 +249,14 @@ def run(world_dir_or_none, device: str, width: int, height: int, clients: int, s
         fov = Fov.symmetric(math.radians(100), width / height)
         config = StreamConfig(eye_width=width, eye_height=height, fovs=(fov, fov), timeout_s=30.0,
                               color_codecs=(color_codec, "jpeg"))
-        streams = [StreamClient(address, config).start() for _ in range(clients)]
+        if decode:
+            streams = [StreamClient(address, config).start() for _ in range(clients)]
+        else:
+            from gen_server import protocol as P
+
+            hello = P.Hello(eye_width=width, eye_height=height, fovs=(fov, fov), ipd=0.064, display_refresh_hz=90.0,
+                            color_codecs=(color_codec,), depth_codecs=P.DEPTH_CODECS, client_name="undecoded")
+            streams = [UndecodedClient(address, hello) for _ in range(clients)]
         for s in streams:
             if not s.wait_connected(60.0):
                 raise RuntimeError(f"benchmark: no welcome from {address}")
@@ -181,7 +277,7 @@ def run(world_dir_or_none, device: str, width: int, height: int, clients: int, s
     lat = np.concatenate([r["latencies"] for r in results]) if results else np.zeros(0)
     srv = np.concatenate([r["server_ms"] for r in results]) if results else np.zeros(0)
     transport = np.concatenate([r["transport_ms"] for r in results]) if results else np.zeros(0)
-    decode = np.concatenate([r["decode_ms"] for r in results]) if results else np.zeros(0)
+    decode_ms = np.concatenate([r["decode_ms"] for r in results]) if results else np.zeros(0)
     per_client_fps = [(r["frames"] if pose_hz <= 0 else r["decoded"]) / r["elapsed"] for r in results]
 
     def pct(a, q):
@@ -194,15 +290,19 @@ def run(world_dir_or_none, device: str, width: int, height: int, clients: int, s
         "latency_ms_p50": pct(lat, 50), "latency_ms_p99": pct(lat, 99),
         "server_pose_to_send_ms_p50": pct(srv, 50), "server_pose_to_send_ms_p99": pct(srv, 99),
         "timeouts": sum(r["timeouts"] for r in results),
-        "send_to_received_ms_p50": pct(transport, 50), "client_decode_ms_p50": pct(decode, 50),
+        "send_to_received_ms_p50": pct(transport, 50), "client_decode_ms_p50": pct(decode_ms, 50),
         "color_codec": color_codec, "colors": "noise" if noise_colors else "smooth",
         "server_torch_threads": threads,
+        "clients_decode": decode,
         "mode": f"open loop, poses at {pose_hz:g} Hz" if pose_hz > 0 else "closed loop",
         "frame_kib_mean": round(float(np.mean(np.concatenate([r["nbytes"] for r in results]))) / 1024, 1),
         "server_render_ms_p50": server_status.get("render_ms_p50"),
         "server_encode_ms_p50": server_status.get("encode_ms_p50"),
         "encoder": [k[len("encoded_"):] for k in server_status if k.startswith("encoded_")],
         "frames_dropped": server_status.get("frames_dropped", 0),
+        "server_segments_ms_p50_p99": {
+            name: [pct(v, 50), pct(v, 99)] for name in SERVER_SEGMENTS
+            if len(v := np.concatenate([r.get(name, []) for r in results]))},
     }
 
 
@@ -227,18 +327,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--color-codec", default="jpeg", choices=("jpeg", "h264"))
     p.add_argument("--noise-colors", action="store_true", help="random per-point colours (JPEG's worst case)")
     p.add_argument("--threads", type=int, help="torch CPU threads in the server process")
+    p.add_argument("--no-decode", action="store_true",
+                   help="clients validate frames but decode no images (the server's own numbers, its host's cores to itself)")
     p.add_argument("--pose-hz", type=float, default=0.0,
                    help="open loop: send poses at this rate like a headset (default 0: closed loop)")
     args = p.parse_args(argv)
     for n in args.clients:
         r = run(args.world, args.device, args.width, args.height, n, args.seconds, args.static_points,
                 color_codec=args.color_codec, noise_colors=args.noise_colors, pose_hz=args.pose_hz,
-                threads=args.threads)
+                threads=args.threads, decode=not args.no_decode)
         print(json.dumps(r))
+        print("serve: server segments p50/p99 ms:", " ".join(f"{k} {a}/{b}" for k, (a, b) in r["server_segments_ms_p50_p99"].items()))
         print(f"serve: {n} client(s) at 2x{args.width}x{args.height} {r['color_codec']} {r['frame_kib_mean']} KiB/frame "
-              f"({r['colors']} colours, {r['mode']}): {r['fps_per_client_min']:.1f} fps/client "
+              f"({r['colors']} colours, {r['mode']}{'' if r['clients_decode'] else ', images not decoded'}): {r['fps_per_client_min']:.1f} fps/client "
               f"(total {r['fps_total']:.1f}), pose->decoded p50 {r['latency_ms_p50']} / p99 {r['latency_ms_p99']} ms, "
-              f"server pose->send p99 {r['server_pose_to_send_ms_p99']} ms (render {r['server_render_ms_p50']} + "
+              f"server pose->send p50 {r['server_pose_to_send_ms_p50']} / p99 {r['server_pose_to_send_ms_p99']} ms (render {r['server_render_ms_p50']} + "
               f"encode {r['server_encode_ms_p50']} ms, {'/'.join(r['encoder'])}; transport {r['send_to_received_ms_p50']} + "
               f"client decode {r['client_decode_ms_p50']} ms) — {r['machine']}", flush=True)
     return 0
