@@ -122,3 +122,33 @@ def test_cuda_matches_cpu():
     args = (np.stack(cameras.eye_poses(head, 0.064)), [fov, fov], 320, 360, 0.37)
     cpu, gpu = r_cpu.render_fov(*args), r_gpu.render_fov(*args)
     _assert_same_winners_up_to_ties((gpu.color.cpu(), gpu.depth.cpu(), gpu.valid.cpu()), (cpu.color, cpu.depth, cpu.valid))
+
+
+def _views(i: int):
+    head = cameras.look_at([0.2 + 0.1 * i, 1.5, 0.4], [0.0, 1.2 - 0.05 * i, -3.0])
+    return np.stack(cameras.eye_poses(head, 0.064))
+
+
+def test_reused_plans_follow_poses_and_time():
+    """One renderer's plans (one per shape, reused with new cameras, frames and weights; CUDA graphs on
+    CUDA) render what a fresh renderer renders, and results of earlier calls stay as they were."""
+    world = random_world(100_000 if CUDA else 10_000, 10_000 if CUDA else 1_000, 4)
+    width, height = (160, 120) if CUDA else (37, 23)
+    fov = cameras.Fov.symmetric(math.radians(90), width / height)
+    kept = Renderer(world, DEVICE, RenderConfig(backend="triton", max_cuda_graphs=2))
+    taus = [1 / 24, 0.3 / 24 + 1 / 24, 2 / 24, 2.8 / 24]  # exact frames and cross-fades, alternating shapes
+    first = kept.render_fov(_views(0), [fov, fov], width, height, taus[0])
+    first_copy = [t.clone() for t in (first.color, first.depth, first.valid)]
+    for i, tau in enumerate(taus):
+        got = kept.render_fov(_views(i), [fov, fov], width, height, tau)
+        fresh = Renderer(world, DEVICE, RenderConfig(backend="triton", cuda_graphs=False)).render_fov(
+            _views(i), [fov, fov], width, height, tau)
+        for g, f in zip((got.color, got.depth, got.valid), (fresh.color, fresh.depth, fresh.valid)):
+            assert torch.equal(g, f)
+    for t, c in zip((first.color, first.depth, first.valid), first_copy):
+        assert torch.equal(t, c)  # not overwritten by later renders of the same shape
+    assert len(kept._plans) == 2  # (2 views, fade) and (2 views, no fade)
+    kept.render_fov(_views(0)[:1], [fov], width, height, taus[0])  # a third shape evicts the oldest
+    assert len(kept._plans) == 2 and (1, height, width, False) in kept._plans
+    if CUDA:
+        assert all(p.graph is not None for p in kept._plans.values())
