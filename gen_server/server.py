@@ -33,7 +33,7 @@ import numpy as np
 import zmq
 
 from gen_server import protocol as P
-from gen_server.cameras import invert_rigid, yaw_pitch_to_matrix
+from gen_server.cameras import invert_rigid, pose_to_matrix, yaw_pitch_to_matrix
 from gen_server.codec import CodecConfig, FrameEncoder, H264Config, H264StreamEncoder
 from gen_server.errors import InputError
 from gen_server.generators.base import check_views
@@ -576,11 +576,13 @@ class StreamServer:
             pose, received_ns = client.pending, client.pending_received_ns
             client.pending, client.last_render = None, now
             fovs = list(pose.fovs or client.hello.fovs)
-            stage_from_eye = np.stack([e.matrix() for e in pose.eyes])
-            world_from_eye = self.world_from_stage_for(client) @ stage_from_eye
-            scale = np.array([_similarity_scale(m) for m in world_from_eye])
-            world_from_eye[:, :3, :3] /= scale[:, None, None]  # rigid pose for the renderer; depth rescaled below
-            jobs.append((client, pose, received_ns, fovs, float(scale[0])))
+            stage_from_eye = pose_to_matrix(np.array([e.position for e in pose.eyes]),
+                                            np.array([e.orientation for e in pose.eyes]))
+            world_from_stage = self.world_from_stage_for(client)
+            scale = _similarity_scale(world_from_stage)  # eye poses are rigid: the similarity's scale is theirs
+            world_from_eye = world_from_stage @ stage_from_eye
+            world_from_eye[:, :3, :3] /= scale  # rigid pose for the renderer; depth rescaled below
+            jobs.append((client, pose, received_ns, fovs, scale))
             poses_world.append(world_from_eye)
             fovs_all += fovs
         first = clients[0]

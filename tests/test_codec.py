@@ -145,6 +145,9 @@ def test_torch_input_matches_numpy_path(device, scale):
     if device == "cpu":
         assert a.color == b.color
     assert a.depth == b.depth  # same nearest-surface reduction and quantisation on both paths, bit for bit
+    tensors = [torch.from_numpy(x).to(device) for x in (color, depth)]
+    for _ in range(2):  # on CUDA a captured graph per shape: the second call replays it
+        assert enc.encode(*tensors, depth_scale=scale).depth == enc.encode(color, depth, depth_scale=scale).depth
     codes = enc.depth_codes(depth, valid, scale)
     assert 0 < (codes == 0).sum() < codes.size and codes.max() == Q_MAX  # holes and the near clamp both met
 
