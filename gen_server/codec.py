@@ -165,7 +165,7 @@ class DepthPlanesGraph:
         byte_planes_torch(depth_codes_torch(self.depth, self.valid, *args, self.recip))  # warm-up
         torch.cuda.synchronize(device)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # other threads may use CUDA meanwhile
             self.planes = byte_planes_torch(depth_codes_torch(self.depth, self.valid, *args, self.recip))
 
     def __call__(self, depth, valid, recip: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ import numpy as np
 import zmq
 
 from gen_server import protocol as P
-from gen_server.cameras import invert_rigid, pose_to_matrix, yaw_pitch_to_matrix
+from gen_server.cameras import Fov, invert_rigid, pose_to_matrix, yaw_pitch_to_matrix
 from gen_server.codec import CodecConfig, FrameEncoder, H264Config, H264StreamEncoder
 from gen_server.errors import InputError
 from gen_server.generators.base import check_views
@@ -310,7 +310,12 @@ class StreamServer:
         self.world_info = dict(world_info)
         self.world_from_stage = np.eye(4) if world_from_stage is None else np.asarray(world_from_stage, np.float64)
         self.timeline = self._new_timeline()
-        self.encoder = FrameEncoder(cfg.codec)
+        # CUDA graph capture must not overlap GPU work on another thread: none when encoding on a worker
+        # thread or when the generator computes on threads of its own.
+        graphs = not cfg.pipeline_encode and not getattr(generator, "uses_gpu_on_own_threads", False)
+        if not graphs and hasattr(generator, "use_cuda_graphs"):
+            generator.use_cuda_graphs(False)
+        self.encoder = FrameEncoder(cfg.codec if graphs else dataclasses.replace(cfg.codec, cuda_graphs=False))
         self.clients: dict[bytes, ClientState] = {}
         self.stats = RollingStats()
         self._client_ids = itertools.count(1)
@@ -385,6 +390,23 @@ class StreamServer:
     def request_stop(self) -> None:
         """Signal-handler safe: the loop notices within one poll interval."""
         self._stop.set()
+
+    def warm_up(self, size: int = 64) -> float:
+        """Render and encode a small stereo pair at an exact frame and between two (a cross-fade) before
+        clients come: the first render JIT-compiles the GPU kernels, which on a fresh machine takes
+        seconds the first client would otherwise wait. Returns the seconds it took; a failure is
+        reported to the caller's clients later, not raised here."""
+        start = time.monotonic()
+        fov = Fov.symmetric(1.6, 1.0)
+        eyes = np.stack([pose_to_matrix(np.array([x, 1.6, 0.0]), np.array([0.0, 0.0, 0.0, 1.0])) for x in (-0.032, 0.032)])
+        period = 1.0 / float(self.world_info.get("fps") or 24.0)
+        try:
+            for tau in (0.0, 0.5 * period):
+                views = self.generator.render_views(eyes, [fov, fov], size, size, tau)
+                self.encoder.encode(views.color, views.depth, views.valid)
+        except Exception as e:  # noqa: BLE001 - serving still starts; renders report their own errors
+            print(f"timewalk serve: warm-up render failed ({type(e).__name__}: {e})", file=sys.stderr)
+        return time.monotonic() - start
 
     def serve_forever(self) -> None:
         # Everything allocated so far (torch's and the world's objects) moves out of the collector's

@@ -448,3 +448,23 @@ def test_client_decodes_several_frames_at_once_and_publishes_in_order():
     finally:
         client.close()
         server.stop()
+
+
+def test_warm_up_renders_an_exact_frame_and_a_cross_fade():
+    painter = PosePainter()
+    server = make_server(painter)
+    try:
+        assert server.warm_up() > 0
+        assert [(w, h, tau) for _, _, w, h, tau in painter.calls] == [(64, 64, 0.0), (64, 64, 0.05)]  # 10 fps world
+        eyes = painter.calls[0][0]
+        assert eyes.shape == (2, 4, 4) and np.isclose(eyes[1, 0, 3] - eyes[0, 0, 3], 0.064)
+
+        class Broken:
+            def render_views(self, *args):
+                raise RuntimeError("no GPU")
+
+        broken = make_server(Broken())
+        assert broken.warm_up() >= 0  # reported, not raised: serving still starts
+        broken.start().stop()
+    finally:
+        server.stop()

@@ -86,3 +86,19 @@ def test_open_loop_frames_answer_newest_pose_with_right_poses_and_tau(pipeline):
         server.stop()
     assert not server._thread.is_alive()
     assert not [t for t in threading.enumerate() if t.name == "stream-encode" and t.is_alive()]  # worker joined
+
+
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_cuda_graphs_only_without_other_gpu_threads(pipeline):
+    """A CUDA graph capture must not overlap GPU work on another thread, so with the encode worker the
+    server turns graphs off in the renderer and the codec."""
+    from gen_server.benchmarks.render_bench import random_world
+    from gen_server.generators.geometric import GeometricGenerator
+
+    generator = GeometricGenerator(random_world(2_000, 200, 2), device="cpu")
+    server = make_server(generator, pipeline_encode=pipeline)
+    try:
+        assert generator.renderer.config.cuda_graphs is not pipeline
+        assert server.encoder.config.cuda_graphs is not pipeline
+    finally:
+        server.start().stop()

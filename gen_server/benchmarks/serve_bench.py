@@ -70,6 +70,7 @@ def _serve(world_dir, device, static_points, fps, color_codec, noise_colors, thr
     generator = make_generator("geometric", world, device=device)
     server = StreamServer(generator, info, ServerConfig(bind="tcp://127.0.0.1:*", fps=fps, status_line=False,
                                                         client_timeout_s=30.0, codec=CodecConfig(color_codec=color_codec)))
+    server.warm_up()  # kernels compiled before the clients' clocks start, as `timewalk serve` does
     ready.put((server.address, machine_info(device)))
     threading.Thread(target=lambda: (stop.wait(), server.request_stop()), daemon=True).start()
     server.serve_forever()

@@ -17,6 +17,13 @@ class GeometricGenerator:
         self.world = world
         self.renderer = Renderer(world, device=device)
 
+    def use_cuda_graphs(self, enabled: bool) -> None:
+        """Graph capture is only safe while no other thread of the process uses the GPU: the server turns
+        it off when it encodes on a thread of its own."""
+        from dataclasses import replace  # noqa: PLC0415
+
+        self.renderer.config = replace(self.renderer.config, cuda_graphs=enabled)
+
     def render_views(self, world_from_eye: np.ndarray, fovs: list[Fov], width: int, height: int, tau: float):
         """Convention: ``world_from_eye`` (B, 4, 4) OpenXR poses in the world frame; returns RenderOutput
         (torch, on the renderer's device) with depth in world metres."""

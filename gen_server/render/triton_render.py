@@ -349,7 +349,7 @@ class RenderPlan:
             self._launch()  # compiles the kernels (not allowed while capturing)
             torch.cuda.synchronize(device)
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
+            with torch.cuda.graph(g, capture_error_mode="thread_local"):  # other threads may use CUDA meanwhile
                 self._outputs = self._launch()
             self.graph = g
 

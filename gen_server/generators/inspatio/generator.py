@@ -98,7 +98,7 @@ class InSpatioGenerator:
                  stereo: str = "reproject", engine_cache: str | None = None, seed: int = 0,
                  dit_config: DiTConfig | None = None, taehv_config: TAEHVConfig | None = None,
                  stream_config: StreamConfig | None = None, asynchronous: bool = False, **_options) -> None:
-        from gen_server.render.renderer import Renderer
+        from gen_server.render.renderer import RenderConfig, Renderer
 
         if stereo not in ("reproject", "batched"):
             raise InputError(f"--stereo {stereo!r}: expected reproject or batched")
@@ -110,7 +110,10 @@ class InSpatioGenerator:
         self.stream = stream_config or StreamConfig()
         self.stereo = stereo
         self.world = world
-        self.renderer = Renderer(world, device=self.device)
+        # No CUDA graphs for the condition renders: the DiT engine runs (and captures its own graphs) on
+        # the producer thread, and a capture must not overlap GPU work on another thread.
+        self.renderer = Renderer(world, device=self.device, config=RenderConfig(cuda_graphs=False))
+        self.uses_gpu_on_own_threads = True
         self.dit = load_dit(checkpoint, dit_config, self.device, torch.bfloat16 if cuda else torch.float32)
         tae = load_taehv(taehv, taehv_config, self.device, torch.float16 if cuda else torch.float32)
         self.tae_dtype = next(tae.parameters()).dtype
