@@ -181,6 +181,11 @@ class DepthPlanesGraph:
         return self.planes.cpu().numpy()
 
 
+def _view_scales(depth_scale, views: int) -> np.ndarray:
+    """One depth scale or one per view -> (views,) float32."""
+    return np.broadcast_to(np.asarray(depth_scale, np.float32), (views,))
+
+
 def _recip_tensor(scales: np.ndarray, device):
     """(B,) depth scales -> float32 reciprocals on ``device``, or None when all are 1 (nothing to multiply)."""
     import torch  # noqa: PLC0415
@@ -252,20 +257,6 @@ def pack_depth(q: np.ndarray, codec: str, level: int = 1, band_rows: int = 0) ->
     return join_bands([compress_band(planes[:, band], codec, level) for band in depth_bands(q.shape[0], band_rows)], codec)
 
 
-@dataclass
-class _Done:
-    """A finished job (the raw codec's payloads), read like a future."""
-
-    value: bytes
-
-    def result(self) -> bytes:
-        return self.value
-
-
-def _join(codec: str, parts: list[bytes]) -> bytes:
-    return parts[0] if codec == "inv16" else join_bands(parts, codec)
-
-
 def depth_bands(height: int, band_rows: int) -> list[slice]:
     """Row bands for a banded ``inv16-zstd`` / ``inv16-zlib`` payload: ``band_rows`` rows each, the last one shorter
     (``band_rows`` 0: one band)."""
@@ -296,9 +287,7 @@ def unpack_depth(data, codec: str, width: int, height: int) -> np.ndarray:
             if d.unconsumed_tail or not d.eof or len(raw) > room or len(raw) % (2 * width):
                 raise ValueError(f"depth payload: band at row {row} inflates to {len(raw)}+ bytes, "
                                  f"not whole rows of {width} within {room}")
-            rows = len(raw) // (2 * width)
-            planes = np.frombuffer(raw, np.uint8).reshape(2, rows, width)
-            out[row:row + rows] = (planes[0].astype(np.uint16) << 8) | planes[1]
+            rows = _store_band(out, row, raw)
             row, rest = row + rows, d.unused_data
             if not rest or rows == 0:
                 break
@@ -306,6 +295,16 @@ def unpack_depth(data, codec: str, width: int, height: int) -> np.ndarray:
             raise ValueError(f"depth payload: {row} of {height} rows" + (", trailing bytes" if rest else ""))
         return out
     raise ValueError(f"unknown depth codec {codec!r}")
+
+
+def _store_band(out: np.ndarray, row: int, raw: bytes) -> int:
+    """A band's inflated (high plane, low plane) bytes -> codes in ``out`` from ``row`` on; returns its
+    row count (the caller checked the size is whole rows that fit)."""
+    width = out.shape[1]
+    rows = len(raw) // (2 * width)
+    planes = np.frombuffer(raw, np.uint8).reshape(2, rows, width)
+    out[row:row + rows] = (planes[0].astype(np.uint16) << 8) | planes[1]
+    return rows
 
 
 def _unpack_zstd(data: bytes, width: int, height: int) -> np.ndarray:
@@ -332,10 +331,7 @@ def _unpack_zstd(data: bytes, width: int, height: int) -> np.ndarray:
             raise ValueError(f"depth payload: band at row {row}: {e}") from None
         if len(raw) != declared:
             raise ValueError(f"depth payload: band at row {row} inflates to {len(raw)} bytes, declared {declared}")
-        rows = len(raw) // (2 * width)
-        planes = np.frombuffer(raw, np.uint8).reshape(2, rows, width)
-        out[row:row + rows] = (planes[0].astype(np.uint16) << 8) | planes[1]
-        row += rows
+        row += _store_band(out, row, raw)
     if row != height:
         raise ValueError(f"depth payload: {row} of {height} rows")
     return out
@@ -399,24 +395,25 @@ class FrameEncoder:
         if color.ndim != 4 or color.shape[-1] != 3 or tuple(depth.shape) != tuple(color.shape[:3]):
             raise ValueError(f"encode: color (B,H,W,3) and depth (B,H,W) expected, got {tuple(color.shape)} {tuple(depth.shape)}")
         b, h, w = color.shape[:3]
-        planes = self.depth_planes(depth, valid, depth_scale)  # (B, 2, h, w) uint8
-        dh, dw = planes.shape[2:]
-        # Depth compression (bands of rows in parallel threads) overlaps the colour encode.
         codec, level = cfg.depth_codec, cfg.zstd_level if cfg.depth_codec == "inv16-zstd" else cfg.zlib_level
         if codec == "inv16":  # raw: nothing to overlap
-            raw = [pack_depth((p[0].astype(np.uint16) << 8) | p[1], codec) for p in planes]
-            depth_jobs = [[_Done(r)] for r in raw]
+            codes = self.depth_codes(depth, valid, depth_scale)
+            dh, dw = codes.shape[1:]
+            depth_payloads, jobs = [pack_depth(q, codec) for q in codes], []
         else:
-            bands = depth_bands(dh, cfg.depth_band_rows)
-            depth_jobs = [[self._pool.submit(compress_band, np.ascontiguousarray(p[:, band]), codec, level)
-                           for band in bands] for p in planes]
+            planes = self.depth_planes(depth, valid, depth_scale)  # (B, 2, h, w) uint8
+            dh, dw = planes.shape[2:]
+            # Depth compression (bands of rows in parallel threads) overlaps the colour encode.
+            bands, depth_payloads = depth_bands(dh, cfg.depth_band_rows), []
+            jobs = [[self._pool.submit(compress_band, np.ascontiguousarray(p[:, band]), codec, level)
+                     for band in bands] for p in planes]
         keyframe, color_codec = True, "raw" if cfg.color_codec == "raw" else "jpeg"
         if h264 is not None:
             (color_bytes, keyframe), backend, color_codec = h264.encode(color), "libx264", "h264"
         else:
             color_bytes, backend = self._encode_color(color)
         return EncodedViews(
-            color=color_bytes, depth=[_join(codec, [j.result() for j in eye]) for eye in depth_jobs],
+            color=color_bytes, depth=depth_payloads or [join_bands([j.result() for j in eye], codec) for eye in jobs],
             width=w, height=h, depth_width=dw, depth_height=dh, depth_near=cfg.depth_near,
             depth_far=cfg.depth_far, color_codec=color_codec, depth_codec=cfg.depth_codec,
             encode_ns=time.perf_counter_ns() - start, backend=backend, keyframe=keyframe,
@@ -437,16 +434,19 @@ class FrameEncoder:
         """(B, H, W) depth -> (B, 2, h, w) uint8 byte planes of the codes (split on the GPU for tensors)."""
         if isinstance(depth, np.ndarray):
             return byte_planes(self.depth_codes(depth, valid, depth_scale))
-        cfg, f = self.config, self.depth_factor(int(depth.shape[-1]))
-        scales = np.broadcast_to(np.asarray(depth_scale, np.float32), (depth.shape[0],))
         import torch  # noqa: PLC0415
 
-        if depth.is_cuda and cfg.cuda_graphs and depth.dtype == torch.float32:
-            graph = self._depth_graph(tuple(depth.shape), depth.device, f)
+        if depth.is_cuda and self.config.cuda_graphs and depth.dtype == torch.float32:
+            graph = self._depth_graph(tuple(depth.shape), depth.device, self.depth_factor(int(depth.shape[-1])))
             if graph is not None:
-                return graph(depth, valid, np.float32(1.0) / scales)
-        q = depth_codes_torch(depth, valid, cfg.depth_near, cfg.depth_far, f, _recip_tensor(scales, depth.device))
-        return byte_planes_torch(q).cpu().numpy()
+                return graph(depth, valid, np.float32(1.0) / _view_scales(depth_scale, len(depth)))
+        return byte_planes_torch(self._device_codes(depth, valid, depth_scale)).cpu().numpy()
+
+    def _device_codes(self, depth, valid, depth_scale):
+        """Tensor depth -> int32 codes on its device (:func:`depth_codes_torch` with this config)."""
+        cfg, scales = self.config, _view_scales(depth_scale, len(depth))
+        return depth_codes_torch(depth, valid, cfg.depth_near, cfg.depth_far, self.depth_factor(int(depth.shape[-1])),
+                                 _recip_tensor(scales, depth.device))
 
     def _depth_graph(self, shape: tuple[int, int, int], device, factor: int) -> "DepthPlanesGraph | None":
         """The captured depth-code graph for this shape (a few most recent kept); None if capture fails."""
@@ -466,14 +466,13 @@ class FrameEncoder:
 
     def depth_codes(self, depth, valid, depth_scale: float | list[float]) -> np.ndarray:
         """(B, H, W) depth -> (B, h, w) uint16 inverse-depth codes at the reduced resolution."""
-        cfg, f = self.config, self.depth_factor(int(depth.shape[-1]))
-        scales = np.broadcast_to(np.asarray(depth_scale, np.float32), (depth.shape[0],))
         if not isinstance(depth, np.ndarray):  # torch: reduce + quantise on the device, copy codes only
             import torch  # noqa: PLC0415
 
-            q = depth_codes_torch(depth, valid, cfg.depth_near, cfg.depth_far, f, _recip_tensor(scales, depth.device))
-            return q.to(torch.uint16).cpu().numpy()  # uint16: half of int32's bytes across the bus
-        d = np.asarray(depth, np.float32) * (np.float32(1.0) / scales)[:, None, None]
+            codes = self._device_codes(depth, valid, depth_scale)
+            return codes.to(torch.uint16).cpu().numpy()  # uint16: half of int32's bytes across the bus
+        cfg, f = self.config, self.depth_factor(int(depth.shape[-1]))
+        d = np.asarray(depth, np.float32) * (np.float32(1.0) / _view_scales(depth_scale, len(depth)))[:, None, None]
         if valid is not None:
             d = np.where(np.asarray(valid, bool), d, np.float32(0))
         return quantize_inverse_depth(downsample_depth(d, f), cfg.depth_near, cfg.depth_far)
