@@ -1,8 +1,11 @@
 """Frame encoding for the stream: per-eye colour as JPEG, depth as 16-bit quantised inverse depth.
 
-Colour: nvJPEG through ``torchvision.io.encode_jpeg`` when the views are CUDA tensors and torchvision is
-importable, otherwise simplejpeg (libjpeg-turbo) on the CPU, eyes in parallel threads (it releases the
-GIL). Depth: reduced by an integer factor keeping the *nearest* valid surface of each block (so
+Colour: for CUDA views nvJPEG through :mod:`gen_server.nvjpeg` (4:2:0 like the CPU path), or
+``torchvision.io.encode_jpeg`` (4:4:4 only) where that binding cannot load; otherwise simplejpeg
+(libjpeg-turbo) on the CPU, eyes in parallel threads (it releases the GIL). Depth compression starts
+first, on pool threads, so it runs while the colour encodes.
+
+Depth: reduced by an integer factor keeping the *nearest* valid surface of each block (so
 reprojection never pushes a foreground edge behind the background), quantised as inverse depth
 (precision where it matters: close up) and compressed over split high/low byte planes, in bands of rows
 compressed in parallel threads: ``inv16-zstd`` (the default; zstandard level 1 is about 4x faster than
@@ -21,6 +24,7 @@ import os
 import struct
 import threading
 import time
+import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +44,7 @@ class CodecConfig:
 
     color_codec: str = "jpeg"  # "jpeg" | "raw"
     jpeg_quality: int = 85
+    jpeg_subsampling: str = "420"  # chroma: "420" (half each way; what the CPU path encodes) | "422" | "444"
     depth_codec: str = "inv16-zstd"  # "inv16-zstd" | "inv16-zlib" | "inv16"
     depth_downscale: int = 0  # 0 = auto: the smallest power of two giving depth <= max_depth_width wide
     max_depth_width: int = 400
@@ -52,6 +57,10 @@ class CodecConfig:
     # 64-row bands, whose many small jobs contend for the GIL with the colour encode).
     depth_band_rows: int = 0
     cuda_graphs: bool = True  # CUDA depth codes as a captured graph per shape (fewer launches, less host time)
+    # CUDA colour: "nvjpeg" (the ctypes binding, gen_server/nvjpeg.py: jpeg_subsampling, no permute copies),
+    # "torchvision" (torchvision.io.encode_jpeg: always 4:4:4), "auto" = the first that loads. Without CUDA,
+    # colour goes to simplejpeg on the CPU.
+    gpu_jpeg: str = "auto"
 
 
 @dataclass
@@ -376,7 +385,12 @@ class FrameEncoder:
             raise ValueError(f"unknown depth codec {self.config.depth_codec!r}")
         # Depth bands and CPU JPEGs run here; zlib and libjpeg-turbo release the GIL.
         self._pool = ThreadPoolExecutor(max_workers=max(4, min(16, os.cpu_count() or 1)), thread_name_prefix="encode")
-        self._gpu_jpeg = None  # resolved on the first CUDA tensor
+        if self.config.gpu_jpeg not in ("auto", "nvjpeg", "torchvision"):
+            raise ValueError(f"unknown GPU JPEG encoder {self.config.gpu_jpeg!r}")
+        if self.config.jpeg_subsampling not in ("420", "422", "444"):
+            raise ValueError(f"unknown JPEG chroma subsampling {self.config.jpeg_subsampling!r}")
+        self._gpu_jpeg = None  # torchvision's encoder, resolved on the first CUDA tensor it serves
+        self._nvjpeg: dict = {}  # device -> NvJpegEncoder, or None where the library did not load
         self._depth_graphs: dict = {}  # (shape, device, factor) -> DepthPlanesGraph, by last use
         self._depth_graph_failed: set = set()
 
@@ -386,7 +400,7 @@ class FrameEncoder:
     def encode(self, color, depth, valid=None, depth_scale: float | list[float] = 1.0,
                h264: "H264StreamEncoder | None" = None) -> EncodedViews:
         """``color`` (B, H, W, 3) uint8, ``depth`` (B, H, W) float32 metres, ``valid`` (B, H, W) bool;
-        numpy arrays or torch tensors (CUDA tensors use nvJPEG, and depth is reduced and quantised on
+        numpy arrays or torch tensors (CUDA colour goes to nvJPEG, and depth is reduced and quantised on
         the GPU). ``depth`` is divided by ``depth_scale`` first (world -> stage metres when the
         calibration scales the world; one number, or one per view). ``h264``: the client's stream
         encoder, replacing JPEG."""
@@ -395,29 +409,50 @@ class FrameEncoder:
         if color.ndim != 4 or color.shape[-1] != 3 or tuple(depth.shape) != tuple(color.shape[:3]):
             raise ValueError(f"encode: color (B,H,W,3) and depth (B,H,W) expected, got {tuple(color.shape)} {tuple(depth.shape)}")
         b, h, w = color.shape[:3]
-        codec, level = cfg.depth_codec, cfg.zstd_level if cfg.depth_codec == "inv16-zstd" else cfg.zlib_level
-        if codec == "inv16":  # raw: nothing to overlap
-            codes = self.depth_codes(depth, valid, depth_scale)
-            dh, dw = codes.shape[1:]
-            depth_payloads, jobs = [pack_depth(q, codec) for q in codes], []
-        else:
-            planes = self.depth_planes(depth, valid, depth_scale)  # (B, 2, h, w) uint8
-            dh, dw = planes.shape[2:]
-            # Depth compression (bands of rows in parallel threads) overlaps the colour encode.
-            bands, depth_payloads = depth_bands(dh, cfg.depth_band_rows), []
-            jobs = [[self._pool.submit(compress_band, np.ascontiguousarray(p[:, band]), codec, level)
-                     for band in bands] for p in planes]
+        dh, dw, depth_payloads, jobs = self._start_depth(depth, valid, depth_scale)  # compresses meanwhile
         keyframe, color_codec = True, "raw" if cfg.color_codec == "raw" else "jpeg"
         if h264 is not None:
             (color_bytes, keyframe), backend, color_codec = h264.encode(color), "libx264", "h264"
         else:
             color_bytes, backend = self._encode_color(color)
+        depth_payloads = depth_payloads or [join_bands([j.result() for j in eye], cfg.depth_codec) for eye in jobs]
         return EncodedViews(
-            color=color_bytes, depth=depth_payloads or [join_bands([j.result() for j in eye], codec) for eye in jobs],
+            color=color_bytes, depth=depth_payloads,
             width=w, height=h, depth_width=dw, depth_height=dh, depth_near=cfg.depth_near,
             depth_far=cfg.depth_far, color_codec=color_codec, depth_codec=cfg.depth_codec,
             encode_ns=time.perf_counter_ns() - start, backend=backend, keyframe=keyframe,
         )
+
+    def _start_depth(self, depth, valid, depth_scale) -> tuple[int, int, list, list]:
+        """Reduce + quantise depth; start compressing it on the pool. -> (h, w, payloads | [], band jobs)."""
+        cfg = self.config
+        codec, level = cfg.depth_codec, cfg.zstd_level if cfg.depth_codec == "inv16-zstd" else cfg.zlib_level
+        if codec == "inv16":  # raw: nothing to overlap
+            codes = self.depth_codes(depth, valid, depth_scale)
+            return *codes.shape[1:], [pack_depth(q, codec) for q in codes], []
+        planes = self.depth_planes(depth, valid, depth_scale)  # (B, 2, h, w) uint8
+        # Depth compression (bands of rows in parallel threads) overlaps the colour encode.
+        bands = depth_bands(planes.shape[2], cfg.depth_band_rows)
+        jobs = [[self._pool.submit(compress_band, np.ascontiguousarray(p[:, band]), codec, level)
+                 for band in bands] for p in planes]
+        return *planes.shape[2:], [], jobs
+
+    def _nvjpeg_for(self, device):
+        """The nvJPEG binding's encoder for ``device``; None when configured off or it cannot load."""
+        cfg, key = self.config, str(device)
+        if cfg.gpu_jpeg not in ("auto", "nvjpeg"):
+            return None
+        if key not in self._nvjpeg:
+            from gen_server.nvjpeg import NvJpegEncoder, NvJpegError  # noqa: PLC0415 - CUDA only
+
+            try:
+                self._nvjpeg[key] = NvJpegEncoder(device, cfg.jpeg_quality, cfg.jpeg_subsampling)
+            except NvJpegError as e:
+                if cfg.gpu_jpeg == "nvjpeg":
+                    raise
+                warnings.warn(f"nvJPEG binding unavailable, using torchvision's: {e}", stacklevel=3)
+                self._nvjpeg[key] = None
+        return self._nvjpeg[key]
 
     def depth_factor(self, width: int) -> int:
         """Depth reduction factor for eyes ``width`` pixels wide (auto: 512 -> 2, 1440 -> 4, 64 -> 1).
@@ -480,20 +515,28 @@ class FrameEncoder:
     def _encode_color(self, color) -> tuple[list[bytes], str]:
         cfg = self.config
         if not isinstance(color, np.ndarray):
+            nvjpeg = self._nvjpeg_for(color.device) if color.is_cuda and cfg.color_codec != "raw" else None
+            if nvjpeg is not None:
+                return nvjpeg.encode(color), "nvjpeg"
             if color.is_cuda and cfg.color_codec != "raw":
                 if self._gpu_jpeg is None:
                     self._gpu_jpeg = _torchvision_jpeg() or False
                 if self._gpu_jpeg:
+                    import torch  # noqa: PLC0415
+
                     chw = [c.permute(2, 0, 1).contiguous() for c in color]
+                    # torchvision encodes on its own stream; make sure the copies above have landed
+                    torch.cuda.current_stream(color.device).synchronize()
                     out = self._gpu_jpeg(chw, quality=cfg.jpeg_quality)
-                    return [bytes(t.cpu().numpy().tobytes()) for t in out], "nvjpeg"
+                    return [t.cpu().numpy().tobytes() for t in out], "torchvision-nvjpeg"
             color = color.cpu().numpy()
         color = np.ascontiguousarray(color, np.uint8)
         if cfg.color_codec == "raw":
             return [c.tobytes() for c in color], "raw"
 
         def one(img: np.ndarray) -> bytes:
-            return simplejpeg.encode_jpeg(img, quality=cfg.jpeg_quality, colorspace="RGB", colorsubsampling="420", fastdct=True)
+            return simplejpeg.encode_jpeg(img, quality=cfg.jpeg_quality, colorspace="RGB",
+                                          colorsubsampling=cfg.jpeg_subsampling, fastdct=True)
 
         if len(color) > 1 and color.shape[1] * color.shape[2] >= 128 * 128:
             return list(self._pool.map(one, color)), "simplejpeg"

@@ -48,7 +48,8 @@ def bench_world(static_points: int, noise_colors: bool = False):
                    dynamic=replace(world.dynamic, colors=smooth_colors(world.dynamic.positions)))
 
 
-def _serve(world_dir, device, static_points, fps, color_codec, noise_colors, threads, ready, stop) -> None:
+def _serve(world_dir, device, static_points, fps, color_codec, noise_colors, threads, ready, stop,
+           gpu_jpeg: str = "auto") -> None:
     """Server process body: build/load the world, serve until ``stop`` is set."""
     if threads:
         import torch
@@ -69,7 +70,8 @@ def _serve(world_dir, device, static_points, fps, color_codec, noise_colors, thr
         info = world_info(world, Path(world_dir))
     generator = make_generator("geometric", world, device=device)
     server = StreamServer(generator, info, ServerConfig(bind="tcp://127.0.0.1:*", fps=fps, status_line=False,
-                                                        client_timeout_s=30.0, codec=CodecConfig(color_codec=color_codec)))
+                                                        client_timeout_s=30.0, codec=CodecConfig(color_codec=color_codec,
+                                                                                          gpu_jpeg=gpu_jpeg)))
     server.warm_up()  # kernels compiled before the clients' clocks start, as `timewalk serve` does
     ready.put((server.address, machine_info(device)))
     threading.Thread(target=lambda: (stop.wait(), server.request_stop()), daemon=True).start()
@@ -232,7 +234,8 @@ class UndecodedClient:
 
 def run(world_dir_or_none, device: str, width: int, height: int, clients: int, seconds: float,
         static_points: int | None = None, fps: float = 1000.0, color_codec: str = "jpeg",
-        noise_colors: bool = False, pose_hz: float = 0.0, threads: int | None = None, decode: bool = True) -> dict:
+        noise_colors: bool = False, pose_hz: float = 0.0, threads: int | None = None, decode: bool = True,
+        gpu_jpeg: str = "auto") -> dict:
     """Serve in a subprocess, run ``clients`` clients for ``seconds``; returns the numbers. ``decode``
     False: :class:`UndecodedClient` instead of the real client (the server's numbers without the
     benchmark's own JPEG decoding competing for this host's cores)."""
@@ -243,7 +246,7 @@ def run(world_dir_or_none, device: str, width: int, height: int, clients: int, s
     ctx = mp.get_context("spawn")
     ready, stop = ctx.Queue(), ctx.Event()
     proc = ctx.Process(target=_serve, args=(world_dir_or_none, device, static_points, fps, color_codec, noise_colors,
-                                            threads, ready, stop), daemon=True)
+                                            threads, ready, stop, gpu_jpeg), daemon=True)
     proc.start()
     try:
         address, info = ready.get(timeout=300)
@@ -330,13 +333,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch CPU threads in the server process")
     p.add_argument("--no-decode", action="store_true",
                    help="clients validate frames but decode no images (the server's own numbers, its host's cores to itself)")
+    p.add_argument("--gpu-jpeg", default="auto", choices=("auto", "nvjpeg", "torchvision"),
+                   help="CUDA colour encoder (CodecConfig.gpu_jpeg)")
     p.add_argument("--pose-hz", type=float, default=0.0,
                    help="open loop: send poses at this rate like a headset (default 0: closed loop)")
     args = p.parse_args(argv)
     for n in args.clients:
         r = run(args.world, args.device, args.width, args.height, n, args.seconds, args.static_points,
                 color_codec=args.color_codec, noise_colors=args.noise_colors, pose_hz=args.pose_hz,
-                threads=args.threads, decode=not args.no_decode)
+                threads=args.threads, decode=not args.no_decode, gpu_jpeg=args.gpu_jpeg)
         print(json.dumps(r))
         print("serve: server segments p50/p99 ms:", " ".join(f"{k} {a}/{b}" for k, (a, b) in r["server_segments_ms_p50_p99"].items()))
         print(f"serve: {n} client(s) at 2x{args.width}x{args.height} {r['color_codec']} {r['frame_kib_mean']} KiB/frame "

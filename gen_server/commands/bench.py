@@ -9,6 +9,7 @@ Speed is measured here, never by timed tests. `--device cuda` on the GPU machine
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 
@@ -66,20 +67,22 @@ def bench_encode(device: str, quick: bool) -> list[dict]:
     from gen_server import cameras
     from gen_server.benchmarks.machine import describe, machine_info
     from gen_server.benchmarks.render_bench import random_world
-    from gen_server.codec import FrameEncoder
+    from gen_server.codec import CodecConfig, FrameEncoder
     from gen_server.render.renderer import Renderer
 
     rows = []
     renderer = Renderer(random_world(50_000 if quick else 300_000, 5_000, 2), device)
-    for w, h in render_sizes(device, quick):
+    # On CUDA both GPU JPEG encoders, to compare (the binding is the default).
+    gpu_jpegs = ("nvjpeg", "torchvision") if renderer.device.type == "cuda" else ("auto",)
+    for (w, h), gpu_jpeg in itertools.product(render_sizes(device, quick), gpu_jpegs):
         fov = cameras.Fov.symmetric(np.deg2rad(100), w / h)
         out = renderer.render_fov(np.stack(cameras.eye_poses(np.eye(4), 0.064)), [fov, fov], w, h, 0.0)
-        encoder = FrameEncoder()
+        encoder = FrameEncoder(CodecConfig(gpu_jpeg=gpu_jpeg))
         try:
-            for _ in range(2):
+            for _ in range(3):
                 encoder.encode(out.color, out.depth, out.valid)
             times, sizes = [], 0
-            for _ in range(5 if quick else 30):
+            for _ in range(5 if quick else (200 if renderer.device.type == "cuda" else 30)):
                 if renderer.device.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
@@ -90,7 +93,7 @@ def bench_encode(device: str, quick: bool) -> list[dict]:
             encoder.close()
         rows.append({"machine": describe(machine_info(str(renderer.device))), "device": str(renderer.device),
                      "width": w, "height": h, "backend": enc.backend, "ms_per_pair_median": float(np.median(times) * 1e3),
-                     "kib_per_pair": round(sizes / 1024, 1)})
+                     "ms_per_pair_p99": float(np.percentile(times, 99) * 1e3), "kib_per_pair": round(sizes / 1024, 1)})
     return rows
 
 
@@ -128,7 +131,7 @@ RUNNERS = {"build": bench_build, "render": bench_render, "encode": bench_encode,
 HEADLINE = {
     "build": ["width", "height", "frames", "frames_per_second", "static_points"],
     "render": ["width", "height", "static_points", "pairs_per_s", "ms_per_pair_median", "bytes_per_point_gpu"],
-    "encode": ["width", "height", "backend", "ms_per_pair_median", "kib_per_pair"],
+    "encode": ["width", "height", "backend", "ms_per_pair_median", "ms_per_pair_p99", "kib_per_pair"],
     "serve": ["width", "height", "mode", "clients", "fps_per_client_min", "latency_ms_p50", "latency_ms_p99",
               "server_pose_to_send_ms_p99"],
     "client": ["width", "height", "vsync_ms_p50", "vsync_ms_p95", "decode_ms_p50"],
