@@ -1,11 +1,12 @@
 """GPU JPEG encoding with NVIDIA's nvJPEG library, called through ctypes.
 
 ``torchvision.io.encode_jpeg`` also wraps nvJPEG, but fixes choices that cost the stream time on every
-frame: it always encodes 4:4:4 (twice the chroma samples of the CPU path's 4:2:0: 1.7x the bytes on the
-serve benchmark's views), it takes planar CHW tensors (a permute copy per eye), and it copies each
-bitstream into a new device tensor that the caller then copies to the host. Here the input is the
-renderer's interleaved (H, W, 3) buffer as it is, chroma subsampling is a parameter, and each bitstream
-is copied to host memory once.
+frame: it always encodes 4:4:4 (twice the chroma samples of the CPU path's 4:2:0: 1.7x the bytes on
+the serve benchmark's views), it takes contiguous (3, H, W) tensors (a copy per eye unless the caller
+holds exactly that), and it copies each bitstream into a new device tensor that the caller then copies
+to the host. Here a batch of (H, W, 3) views is read as it lies, interleaved or as the renderer's
+planes (a permuted view), chroma subsampling is a parameter, and each bitstream is copied to host
+memory once.
 
 Only the encoder calls of ``nvjpeg.h`` are bound (signatures and enum values from NVIDIA's header);
 the shared library comes with the CUDA runtime wheels torch depends on, or a CUDA toolkit.
@@ -24,7 +25,8 @@ import threading
 _STATUS = {1: "NOT_INITIALIZED", 2: "INVALID_PARAMETER", 3: "BAD_JPEG", 4: "JPEG_NOT_SUPPORTED",
            5: "ALLOCATOR_FAILURE", 6: "EXECUTION_FAILED", 7: "ARCH_MISMATCH", 8: "INTERNAL_ERROR",
            9: "IMPLEMENTATION_NOT_SUPPORTED", 10: "INCOMPLETE_BITSTREAM"}
-_INPUT_RGBI = 5  # nvjpegInputFormat_t: interleaved RGB in channel[0], pitch = 3 * width
+_INPUT_RGB = 3  # nvjpegInputFormat_t: planar RGB, one pointer and pitch per channel
+_INPUT_RGBI = 5  # interleaved RGB in channel[0], pitch = 3 * width
 SUBSAMPLING = {"444": 0, "422": 1, "420": 2}  # nvjpegChromaSubsampling_t
 
 
@@ -140,18 +142,26 @@ class NvJpegEncoder:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8 or not images.is_cuda:
             raise ValueError(f"nvjpeg: (B, H, W, 3) uint8 CUDA tensor expected, got {tuple(images.shape)} "
                              f"{images.dtype} on {images.device}")
-        images = images.contiguous()
+        b, h, w = images.shape[:3]
+        planar = images.stride() == (3 * h * w, w, 1, h * w)  # (B, 3, H, W) memory seen as (B, H, W, 3)
+        if not planar:
+            images = images.contiguous()
         with self._lock, torch.cuda.device(images.device):
             self.stream.wait_stream(torch.cuda.current_stream(images.device))
-            return [self._encode_one(image) for image in images]
+            return [self._encode_one(image, planar) for image in images]
 
-    def _encode_one(self, image) -> bytearray:
+    def _encode_one(self, image, planar: bool) -> bytearray:
+        """One (H, W, 3) view: interleaved memory, or ``planar`` (three H x W planes, a permuted view)."""
         lib, h, w = self._lib, int(image.shape[0]), int(image.shape[1])
         s = ctypes.c_void_p(self.stream.cuda_stream)
         desc = _Image()
-        desc.channel[0], desc.pitch[0] = image.data_ptr(), 3 * w
-        _check(lib.nvjpegEncodeImage(self._handle, self._state, self._params, ctypes.byref(desc), _INPUT_RGBI,
-                                     w, h, s), f"encode of a {w}x{h} view")
+        if planar:
+            for c in range(3):
+                desc.channel[c], desc.pitch[c] = image.data_ptr() + c * h * w, w
+        else:
+            desc.channel[0], desc.pitch[0] = image.data_ptr(), 3 * w
+        _check(lib.nvjpegEncodeImage(self._handle, self._state, self._params, ctypes.byref(desc),
+                                     _INPUT_RGB if planar else _INPUT_RGBI, w, h, s), f"encode of a {w}x{h} view")
         self.stream.synchronize()  # the length is known once the entropy coding ran
         length = ctypes.c_size_t(0)
         _check(lib.nvjpegEncodeRetrieveBitstream(self._handle, self._state, None, ctypes.byref(length), s),

@@ -653,10 +653,12 @@ class StreamServer:
             index = [v for i in members for v in range(spans[i].start, spans[i].stop)]
             scales = [jobs[i][4] for i in members for _ in range(spans[i].stop - spans[i].start)]
             t_encode = time.monotonic_ns()
+            # All the views in order (one client, or every client stateless): no gather copies.
+            pick = (lambda a: a) if index == list(range(len(views.color))) else (lambda a: a[index])
             try:
                 encoded, error = self.encoder.encode(
-                    views.color[index], views.depth[index],
-                    views.valid[index] if self.config.mask_invalid_depth else None, depth_scale=scales, h264=h264), None
+                    pick(views.color), pick(views.depth), pick(views.valid) if self.config.mask_invalid_depth else None,
+                    depth_scale=scales, h264=h264), None
             except Exception as e:  # noqa: BLE001 - reported to the clients by _deliver
                 encoded, error = None, e
             out.append(EncodedUnit(members, encoded, error, t_encode, time.monotonic_ns()))

@@ -152,6 +152,19 @@ def test_torch_input_matches_numpy_path(device, scale):
     assert 0 < (codes == 0).sum() < codes.size and codes.max() == Q_MAX  # holes and the near clamp both met
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
+def test_cuda_depth_payloads_outlive_the_reused_pinned_buffer():
+    """Depth planes come back through one pinned buffer per shape: every frame's payload must still hold
+    its own depth after later frames reused that buffer."""
+    rng = np.random.default_rng(9)
+    color = torch.from_numpy(np.stack([smooth_image(64, 96, 1)] * 2)).cuda()
+    depths = [rng.uniform(0.5, 30, (2, 64, 96)).astype(np.float32) for _ in range(3)]
+    enc = FrameEncoder(CodecConfig(depth_downscale=2))
+    frames = [enc.encode(color, torch.from_numpy(d).cuda()) for d in depths]
+    for frame, d in zip(frames, depths):
+        assert frame.depth == enc.encode(color.cpu().numpy(), d).depth
+
+
 def test_unpack_rejects_wrong_sizes_and_bombs():
     q = np.arange(12, dtype=np.uint16).reshape(3, 4)
     payload = pack_depth(q, "inv16-zlib")

@@ -77,3 +77,23 @@ def test_frame_encoder_cuda_colour_goes_through_the_binding_and_matches_cpu():
         assert abs(q_gpu - q_cpu) < 2.0, (q_gpu, q_cpu)
         assert 0.5 < len(g) / len(c) < 2.0  # same subsampling and quality: similar sizes
     assert [bytes(d) for d in gpu.depth] == [bytes(d) for d in cpu.depth]
+
+
+@cuda
+def test_nvjpeg_reads_planar_memory_as_is_and_any_other_layout_through_a_copy():
+    """The renderer's colour is (B, 3, H, W) memory seen as (B, H, W, 3): encoded from the planes; a
+    strided crop is made contiguous first. All decode to the same pixels."""
+    from gen_server.nvjpeg import NvJpegEncoder
+
+    src = torch.from_numpy(np.stack([smooth_image(96, 130, 6), smooth_image(96, 130, 7)])).cuda()
+    planar = src.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+    assert planar.stride() == (3 * 96 * 130, 130, 1, 96 * 130)
+    wide = torch.zeros((2, 96, 140, 3), dtype=torch.uint8, device="cuda")
+    wide[:, :, 5:135] = src
+    enc = NvJpegEncoder("cuda", quality=92)
+    decoded = {name: [simplejpeg.decode_jpeg(bytes(j), colorspace="RGB") for j in enc.encode(views)]
+               for name, views in (("interleaved", src), ("planar", planar), ("crop", wide[:, :, 5:135]))}
+    for name, images in decoded.items():
+        for img, ref, interleaved in zip(images, src.cpu().numpy(), decoded["interleaved"]):
+            assert psnr(img, ref) > 36.0, name
+            assert psnr(img, interleaved) > 45.0, name

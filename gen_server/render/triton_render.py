@@ -111,19 +111,22 @@ def _resolve_faded(zbuf_a_ptr, zbuf_b_ptr, attrs_ptr, idx, mask, max_id, weight_
 
 
 @triton.jit
+def _flat_to_view_yx(offs, height, width):
+    """Flat index over (B, height, width), row-major -> (view, y, x)."""
+    return offs // (width * height), (offs // width) % height, offs % width
+
+
+@triton.jit
 def _resolve_push_kernel(zbuf_a_ptr, zbuf_b_ptr, attrs_ptr, max_id, fade_ptr,
                          out_v_ptr, out_w_ptr, height, width, coarse_h, coarse_w, n_coarse,
                          FADE: tl.constexpr, BLOCK: tl.constexpr):
     """Level 0 (resolved on the fly) -> level 1 of the push-pull pyramid: 2x2 sums of the premultiplied
     values (0 where not valid) over the sum of 0/1 weights; edge blocks padded with weight 0.
     ``fade_ptr``: the cross-fade's two weights (device memory, like the splat's ranges)."""
-    weight_a = tl.load(fade_ptr)
-    weight_b = tl.load(fade_ptr + 1)
+    weight_a, weight_b = tl.load(fade_ptr), tl.load(fade_ptr + 1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inside = offs < n_coarse
-    cx = offs % coarse_w
-    cy = (offs // coarse_w) % coarse_h
-    view = offs // (coarse_w * coarse_h)
+    view, cy, cx = _flat_to_view_yx(offs, coarse_h, coarse_w)
     sw = tl.zeros([BLOCK], tl.float32)
     sr = tl.zeros([BLOCK], tl.float32)
     sg = tl.zeros([BLOCK], tl.float32)
@@ -160,9 +163,7 @@ def _push_kernel(v_ptr, w_ptr, out_v_ptr, out_w_ptr, height, width, coarse_h, co
     """Level k (values (B, 4, h, w), weights (B, h, w)) -> level k + 1: 2x2 weighted means."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inside = offs < n_coarse
-    cx = offs % coarse_w
-    cy = (offs // coarse_w) % coarse_h
-    view = offs // (coarse_w * coarse_h)
+    view, cy, cx = _flat_to_view_yx(offs, coarse_h, coarse_w)
     plane = height * width
     sw = tl.zeros([BLOCK], tl.float32)
     sr = tl.zeros([BLOCK], tl.float32)
@@ -210,9 +211,7 @@ def _pull_kernel(v_ptr, w_ptr, coarse_ptr, height, width, coarse_h, coarse_w, n_
     """In place on level k: values = w * values + (1 - w) * upsampled filled level k + 1."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inside = offs < n_pixels
-    x = offs % width
-    y = (offs // width) % height
-    view = offs // (width * height)
+    view, y, x = _flat_to_view_yx(offs, height, width)
     plane = height * width
     w = tl.load(w_ptr + offs, mask=inside, other=0.0)
     for channel in tl.static_range(4):
@@ -227,13 +226,10 @@ def _final_kernel(zbuf_a_ptr, zbuf_b_ptr, attrs_ptr, max_id, fade_ptr, coarse_pt
                   FADE: tl.constexpr, FILL: tl.constexpr, BLOCK: tl.constexpr):
     """Full resolution: the resolved pixel where a splat landed, else (FILL) the pull from level 1, else 0.
     Writes colour (B, 3, H, W) uint8 = floor(value + .5) clamped to 0..255, depth (B, H, W), valid (B, H, W)."""
-    weight_a = tl.load(fade_ptr)
-    weight_b = tl.load(fade_ptr + 1)
+    weight_a, weight_b = tl.load(fade_ptr), tl.load(fade_ptr + 1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inside = offs < n_pixels
-    x = offs % width
-    y = (offs // width) % height
-    view = offs // (width * height)
+    view, y, x = _flat_to_view_yx(offs, height, width)
     valid, r, g, b, d = _resolve_faded(zbuf_a_ptr, zbuf_b_ptr, attrs_ptr, offs.to(tl.int64), inside, max_id, weight_a, weight_b, FADE)
     if FILL:
         hole = inside & ~valid
