@@ -30,7 +30,7 @@ def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 10 * np.log10(255.0**2 / mse)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def test_jpeg_round_trip_psnr_and_size():
