@@ -316,6 +316,7 @@ class StreamServer:
         if not graphs and hasattr(generator, "use_cuda_graphs"):
             generator.use_cuda_graphs(False)
         self.encoder = FrameEncoder(cfg.codec if graphs else dataclasses.replace(cfg.codec, cuda_graphs=False))
+        self.encoder_backend = ""  # the colour encoder warm_up found ("nvjpeg", "simplejpeg", ...)
         self.clients: dict[bytes, ClientState] = {}
         self.stats = RollingStats()
         self._client_ids = itertools.count(1)
@@ -403,7 +404,7 @@ class StreamServer:
         try:
             for tau in (0.0, 0.5 * period):
                 views = self.generator.render_views(eyes, [fov, fov], size, size, tau)
-                self.encoder.encode(views.color, views.depth, views.valid)
+                self.encoder_backend = self.encoder.encode(views.color, views.depth, views.valid).backend
         except Exception as e:  # noqa: BLE001 - serving still starts; renders report their own errors
             print(f"timewalk serve: warm-up render failed ({type(e).__name__}: {e})", file=sys.stderr)
         return time.monotonic() - start

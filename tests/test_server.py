@@ -454,7 +454,8 @@ def test_warm_up_renders_an_exact_frame_and_a_cross_fade():
     painter = PosePainter()
     server = make_server(painter)
     try:
-        assert server.warm_up() > 0
+        assert server.encoder_backend == "" and server.warm_up() > 0
+        assert server.encoder_backend == "simplejpeg"  # numpy views: the CPU encoder, named for the start-up line
         assert [(w, h, tau) for _, _, w, h, tau in painter.calls] == [(64, 64, 0.0), (64, 64, 0.05)]  # 10 fps world
         eyes = painter.calls[0][0]
         assert eyes.shape == (2, 4, 4) and np.isclose(eyes[1, 0, 3] - eyes[0, 0, 3], 0.064)

@@ -75,7 +75,9 @@ def main(argv: list[str]) -> int:
     server = StreamServer(generator, world_info(world, args.world), config, load_world_from_stage(args.world, world))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.request_stop())
-    print(f"timewalk serve: warmed up the renderer in {server.warm_up():.1f} s", file=sys.stderr)
+    warm_s = server.warm_up()
+    print(f"timewalk serve: warmed up the renderer in {warm_s:.1f} s (colour encoder: {server.encoder_backend or '?'})",
+          file=sys.stderr)
     print(f"timewalk serve: {args.world} ({world.frame_count} frames, {world.duration:.2f} s) on {server.address} "
           f"with {args.generator}; Ctrl-C stops", file=sys.stderr)
     server.serve_forever()
