@@ -401,6 +401,9 @@ class FrameEncoder:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+        for nvjpeg in self._nvjpeg.values():
+            if nvjpeg is not None:
+                nvjpeg.close()
 
     def encode(self, color, depth, valid=None, depth_scale: float | list[float] = 1.0,
                h264: "H264StreamEncoder | None" = None) -> EncodedViews:

@@ -142,6 +142,8 @@ class NvJpegEncoder:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8 or not images.is_cuda:
             raise ValueError(f"nvjpeg: (B, H, W, 3) uint8 CUDA tensor expected, got {tuple(images.shape)} "
                              f"{images.dtype} on {images.device}")
+        if self._handle is None:
+            raise NvJpegError("nvJPEG encoder used after close()")
         b, h, w = images.shape[:3]
         planar = images.stride() == (3 * h * w, w, 1, h * w)  # (B, 3, H, W) memory seen as (B, H, W, 3)
         if not planar:
@@ -172,3 +174,14 @@ class NvJpegEncoder:
                "bitstream copy")
         self.stream.synchronize()
         return data if length.value == len(data) else data[:length.value]
+
+    def close(self) -> None:
+        """Free the nvJPEG parameters, state and handle (idempotent)."""
+        with self._lock:
+            if self._handle is None:
+                return
+            self.stream.synchronize()
+            _check(self._lib.nvjpegEncoderParamsDestroy(self._params), "encoder params destroy")
+            _check(self._lib.nvjpegEncoderStateDestroy(self._state), "encoder state destroy")
+            _check(self._lib.nvjpegDestroy(self._handle), "destroy")
+            self._handle = None

@@ -31,20 +31,24 @@ def test_library_candidates_prefer_torchs_cuda_major(tmp_path, monkeypatch):
 @cuda
 @pytest.mark.parametrize("subsampling", ["420", "444"])
 def test_nvjpeg_views_decode_to_the_source(subsampling):
-    from gen_server.nvjpeg import NvJpegEncoder
+    from gen_server.nvjpeg import NvJpegEncoder, NvJpegError
 
     # Odd sizes: neither a multiple of the 16-pixel MCU nor of each other.
     views = np.stack([smooth_image(123, 201, 0), smooth_image(123, 201, 1), smooth_image(123, 201, 2)])
     enc = NvJpegEncoder("cuda", quality=90, subsampling=subsampling)
-    for _ in range(2):  # the second batch reuses the slots' states and streams
+    for _ in range(2):  # the second batch reuses the state and stream
         jpegs = enc.encode(torch.from_numpy(views).cuda())
         assert len(jpegs) == 3
         for jpeg, src in zip(jpegs, views):
             h, w, _, sub = simplejpeg.decode_jpeg_header(bytes(jpeg))
             assert (w, h, sub) == (201, 123, subsampling)
             assert psnr(simplejpeg.decode_jpeg(bytes(jpeg), colorspace="RGB"), src) > 34.0
-    # Views differ, so their bitstreams do (each slot encoded its own view, not a neighbour's).
+    # Views differ, so their bitstreams do (each view encoded from its own memory, not a neighbour's).
     assert len({bytes(j) for j in jpegs}) == 3
+    enc.close()
+    enc.close()  # idempotent
+    with pytest.raises(NvJpegError, match="after close"):
+        enc.encode(torch.from_numpy(views).cuda())
 
 
 @cuda
