@@ -36,6 +36,7 @@ import zstandard
 from gen_server.protocol import DEPTH_CODECS
 
 Q_MAX = 65535  # q = 0 is "no surface"; 1..65535 span 1/far..1/near
+GPU_JPEG_ENCODERS = ("auto", "nvjpeg", "torchvision")  # CodecConfig.gpu_jpeg
 
 
 @dataclass
@@ -390,7 +391,7 @@ class FrameEncoder:
             raise ValueError(f"unknown depth codec {self.config.depth_codec!r}")
         # Depth bands and CPU JPEGs run here; zlib and libjpeg-turbo release the GIL.
         self._pool = ThreadPoolExecutor(max_workers=max(4, min(16, os.cpu_count() or 1)), thread_name_prefix="encode")
-        if self.config.gpu_jpeg not in ("auto", "nvjpeg", "torchvision"):
+        if self.config.gpu_jpeg not in GPU_JPEG_ENCODERS:
             raise ValueError(f"unknown GPU JPEG encoder {self.config.gpu_jpeg!r}")
         if self.config.jpeg_subsampling not in ("420", "422", "444"):
             raise ValueError(f"unknown JPEG chroma subsampling {self.config.jpeg_subsampling!r}")

@@ -53,7 +53,7 @@ def test_nvjpeg_views_decode_to_the_source(subsampling):
 
 @cuda
 def test_nvjpeg_reads_what_the_current_stream_wrote():
-    """The slots' streams wait for the work queued before submit: a view filled just before (on the
+    """The encoder's stream waits for the work queued before ``encode``: a view filled just before (on the
     current stream, after a long kernel) is encoded with its new content, not stale memory."""
     from gen_server.nvjpeg import NvJpegEncoder
 

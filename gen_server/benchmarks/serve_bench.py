@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from gen_server.benchmarks.machine import describe, machine_info
+from gen_server.codec import GPU_JPEG_ENCODERS
 
 
 def smooth_colors(positions: np.ndarray) -> np.ndarray:
@@ -346,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch CPU threads in the server process")
     p.add_argument("--no-decode", action="store_true",
                    help="clients validate frames but decode no images (the server's own numbers, its host's cores to itself)")
-    p.add_argument("--gpu-jpeg", default="auto", choices=("auto", "nvjpeg", "torchvision"),
+    p.add_argument("--gpu-jpeg", default="auto", choices=GPU_JPEG_ENCODERS,
                    help="CUDA colour encoder (CodecConfig.gpu_jpeg)")
     p.add_argument("--pose-hz", type=float, default=0.0,
                    help="open loop: send poses at this rate like a headset (default 0: closed loop)")
